@@ -1,0 +1,76 @@
+"""Compute kernels: the per-layer, per-loss and per-optimiser inner loops.
+
+Every backend is a module that defines the same functions (``NAMES``) with the same
+signatures and results:
+
+* ``reference`` - plain NumPy, written to be read; it defines what "correct" means.
+* ``cpu``       - Numba ``@njit`` kernels, serial and fused; the default.
+
+GPU backends (``cuda`` for Numba-CUDA, ``cupy``) will be added as further modules
+and registered in ``_BACKENDS`` the same way. Backends are imported only when asked
+for, so importing this package neither loads Numba nor compiles anything.
+
+    >>> k = get("cpu")
+    >>> warm_up("cpu", np.float32)   # compile before timing starts
+    >>> k.softmax_xent(logits, labels, bias_grad)
+"""
+import importlib
+
+import numpy as np
+
+NAMES = (
+    "bias_act_forward",
+    "act_backward",
+    "softmax_xent",
+    "logistic_loss_grad",
+    "hinge_loss_grad",
+    "squared_loss_grad",
+    "sgd_update",
+    "adam_update",
+)
+
+# Backend name -> module name inside this package.
+_BACKENDS = {"reference": "reference", "cpu": "cpu"}
+
+
+def get(backend="cpu"):
+    """Return the kernel module for ``backend`` ("reference" or "cpu")."""
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"unknown kernel backend {backend!r}; choose one of {', '.join(_BACKENDS)}"
+        )
+    return importlib.import_module(f".{_BACKENDS[backend]}", __name__)
+
+
+def warm_up(backend, dtype):
+    """Call every kernel once on tiny ``dtype`` arrays so JIT compilation happens now.
+
+    The argument types match what training passes (C-contiguous arrays, int64
+    labels, uint8 decay masks), so the compiled versions are the ones reused later.
+    """
+    kernels = get(backend)
+    dtype = np.dtype(dtype)
+    n, k = 2, 3
+
+    def mat(cols):
+        return np.full((n, cols), 0.5, dtype=dtype)
+
+    def vec(length):
+        return np.zeros(length, dtype=dtype)
+
+    for activation in ("identity", "relu", "tanh"):
+        out = mat(k)
+        kernels.bias_act_forward(out, vec(k), activation)
+        kernels.act_backward(mat(k), out, activation, vec(k))
+    kernels.softmax_xent(mat(k), np.zeros(n, dtype=np.int64), vec(k))
+    targets = np.array([0.0, 1.0], dtype=dtype)
+    kernels.logistic_loss_grad(mat(1), targets, vec(1))
+    kernels.hinge_loss_grad(mat(1), targets, vec(1))
+    kernels.squared_loss_grad(mat(k), mat(k), vec(k))
+
+    mask = np.ones(k, dtype=np.uint8)
+    for momentum, nesterov in ((0.0, False), (0.9, True)):
+        kernels.sgd_update(vec(k), vec(k), vec(k), 0.1, momentum, nesterov, 0.0, 0.0, mask)
+    for decoupled in (False, True):
+        kernels.adam_update(vec(k), vec(k), vec(k), vec(k), 1e-3, 0.9, 0.999, 1e-8, 1,
+                            0.0, decoupled, 0.0, mask)

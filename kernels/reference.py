@@ -1,0 +1,169 @@
+"""Plain NumPy versions of every kernel: the definition of correct.
+
+Each function is written to be read, not to be fast; ``cpu.py`` (Numba) and any GPU
+backend must agree with these. Conventions shared by all kernels:
+
+* ``n`` (rows in the batch) may be 0; losses are then 0 and outputs are zero-filled.
+* "In place" means the first array argument is overwritten with the result.
+* Gradients are per-sample sums, not means: the caller divides by the global batch
+  size after the Allreduce, so every rank contributes the same way however the batch
+  is split.
+* Loss sums are accumulated in float64; everything else stays in the array's dtype.
+  Python-float hyper-parameters are "weak" scalars under NumPy 2, so float32 arrays
+  stay float32.
+"""
+import numpy as np
+
+ACTIVATIONS = ("identity", "relu", "tanh")
+
+
+def check_activation(activation):
+    """Raise ValueError unless ``activation`` is one of ``ACTIVATIONS``."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+        )
+
+
+def check_labels(labels, k):
+    """Raise ValueError for class labels outside [0, k).
+
+    NumPy would wrap a negative label round to the last class, and Numba does not
+    bounds-check at all, so a bad label must be caught before it is used as an index.
+    """
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"class labels must lie in [0, {k})")
+
+
+def bias_act_forward(z, b, activation):
+    """In place: ``z[i, j] = act(z[i, j] + b[j])``."""
+    check_activation(activation)
+    z += b
+    if activation == "relu":
+        np.maximum(z, 0, out=z)
+    elif activation == "tanh":
+        np.tanh(z, out=z)
+
+
+def act_backward(grad, out, activation, bias_grad):
+    """In place: ``grad *= act'(pre-activation)``; ``bias_grad`` = column sums.
+
+    The derivative is written through the forward output ``out`` so the
+    pre-activation never has to be kept.
+    """
+    check_activation(activation)
+    if activation == "relu":
+        grad *= out > 0
+    elif activation == "tanh":
+        grad *= 1 - out * out
+    bias_grad[...] = grad.sum(axis=0)
+
+
+def softmax_xent(logits, labels, bias_grad):
+    """Softmax cross-entropy. In place: ``logits`` becomes ``p - onehot(labels)``.
+
+    Returns ``(loss_sum, correct)``; ``correct`` counts rows whose first argmax
+    equals the label.
+    """
+    n, k = logits.shape
+    check_labels(labels, k)
+    rows = np.arange(n)
+    correct = int(np.count_nonzero(logits.argmax(axis=1) == labels))
+
+    # Shifting by the row max keeps exp() from overflowing; the loss is unchanged.
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    norm = exp.sum(axis=1)
+    loss_sum = float(np.sum(np.log(norm) - shifted[rows, labels], dtype=np.float64))
+
+    logits[...] = exp / norm[:, None]
+    logits[rows, labels] -= 1
+    bias_grad[...] = logits.sum(axis=0)
+    return loss_sum, correct
+
+
+def _binary_correct(z, y):
+    """Rows where the sign of the logit (``z > 0`` means class 1) matches ``y``."""
+    return int(np.count_nonzero((z > 0) == (y == 1)))
+
+
+def logistic_loss_grad(z, y, bias_grad):
+    """Binary cross-entropy on logits ``z`` (n, 1). In place: ``z`` becomes
+    ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``."""
+    col = z[:, 0]  # a view: writing it writes z; avoids (n,1)-(n,) broadcasting
+    correct = _binary_correct(col, y)
+
+    # exp(-|z|) never overflows; both the loss and the sigmoid are built from it.
+    e = np.exp(-np.abs(col))
+    # max(z, 0) - y z is exact for y in {0, 1}; grouping it first avoids cancelling
+    # a tiny log1p term against a large |z|.
+    loss = np.log1p(e) + (np.maximum(col, 0) - y * col)
+    loss_sum = float(np.sum(loss, dtype=np.float64))
+
+    sigmoid = np.where(col >= 0, 1 / (1 + e), e / (1 + e))
+    col[...] = sigmoid - y
+    bias_grad[...] = z.sum(axis=0)
+    return loss_sum, correct
+
+
+def hinge_loss_grad(z, y, bias_grad):
+    """Hinge loss ``max(0, 1 - t z)`` with ``t = 2y - 1``. In place: ``z`` becomes
+    the subgradient ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``."""
+    col = z[:, 0]
+    correct = _binary_correct(col, y)
+
+    t = 2 * y - 1
+    margin = t * col
+    loss_sum = float(np.sum(np.maximum(0, 1 - margin), dtype=np.float64))
+
+    col[...] = np.where(margin < 1, -t, 0)
+    bias_grad[...] = z.sum(axis=0)
+    return loss_sum, correct
+
+
+def squared_loss_grad(z, y, bias_grad):
+    """``0.5 * sum((z - y)**2)``. In place: ``z`` becomes ``z - y``. Returns the loss sum."""
+    z -= y
+    loss_sum = 0.5 * float(np.sum(z * z, dtype=np.float64))
+    bias_grad[...] = z.sum(axis=0)
+    return loss_sum
+
+
+def _regularized(grad, param, weight_decay, l1, decay_mask):
+    """``grad`` plus L2 and L1 terms on the elements the mask marks as weights."""
+    return grad + decay_mask * (weight_decay * param + l1 * np.sign(param))
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
+    """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0.
+
+    All arrays are flat and updated in place (``param`` always, ``velocity`` only
+    when ``momentum != 0``).
+    """
+    g = _regularized(grad, param, weight_decay, l1, decay_mask)
+    if momentum != 0:
+        velocity[...] = momentum * velocity + g
+        step = g + momentum * velocity if nesterov else velocity
+    else:
+        step = g
+    param -= lr * step
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, decoupled,
+                l1, decay_mask):
+    """Adam (L2 in the gradient) or AdamW (``decoupled``: decay applied to the
+    weights directly), PyTorch semantics. ``step`` counts from 1.
+
+    ``param``, ``m`` and ``v`` are updated in place.
+    """
+    if decoupled:
+        # L1's sign is taken before the decay shrinks param, as the spec requires.
+        g = _regularized(grad, param, 0.0, l1, decay_mask)
+        param -= lr * weight_decay * param * decay_mask
+    else:
+        g = _regularized(grad, param, weight_decay, l1, decay_mask)
+    m[...] = beta1 * m + (1 - beta1) * g
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1**step)
+    v_hat = v / (1 - beta2**step)
+    param -= lr * m_hat / (np.sqrt(v_hat) + eps)

@@ -1,0 +1,147 @@
+"""Command line: ``python -m mpi_dml {train,evaluate,predict,info}``.
+
+    $ python -m mpi_dml train --data data/digits_train.csv --label-column label --out runs/d
+    $ mpiexec -n 4 python -m mpi_dml train --config examples/digits.toml
+    $ mpiexec -n 2 python -m mpi_dml evaluate --model runs/d --data data/digits_test.csv --label-column label
+    $ python -m mpi_dml predict --model runs/d --data data/digits_test.csv --output preds.csv
+    $ mpiexec -n 2 python -m mpi_dml info
+
+Every command runs the same as one plain process or under mpiexec/srun with any number
+of ranks. Input errors print one message (from rank 0) and exit with status 2 on every
+rank; any other failure on any rank aborts the whole job.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import EXIT_USER_ERROR, AgreedError, UserError
+
+# Flag -> (type, help). Names match TrainConfig fields and TOML keys.
+TRAIN_FLAGS = {
+    "data": (str, "training data: CSV with a header row, .npy or .npz"),
+    "val-data": (str, "held-out data in the same format"),
+    "val-fraction": (float, "hold out this fraction of --data for validation"),
+    "label-column": (str, "name of the label column"),
+    "model": (str, "linear, logistic, softmax, svm or mlp"),
+    "task": (str, "mlp: classification (default) or regression"),
+    "hidden": (str, "mlp hidden widths, e.g. 512,256"),
+    "activation": (str, "mlp activation: relu or tanh"),
+    "num-classes": (int, "number of classes (default: largest label + 1)"),
+    "optimizer": (str, "sgd, adam or adamw"),
+    "lr": (float, "learning rate"),
+    "momentum": (float, "sgd momentum"),
+    "beta1": (float, "adam beta1"),
+    "beta2": (float, "adam beta2"),
+    "eps": (float, "adam epsilon"),
+    "weight-decay": (float, "L2 penalty on weights (decoupled for adamw)"),
+    "l1": (float, "L1 penalty on weights"),
+    "schedule": (str, "constant, step or cosine"),
+    "warmup-steps": (int, "linear warm-up steps"),
+    "step-epochs": (int, "step schedule: epochs between decays"),
+    "gamma": (float, "step schedule: decay factor"),
+    "batch-size": (int, "GLOBAL batch size, split across ranks"),
+    "epochs": (int, "passes over the training data"),
+    "seed": (int, "seed for initialisation, shuffling and validation split"),
+    "dtype": (str, "float32 or float64"),
+    "shards": (int, "virtual shards (fixes batches independently of rank count)"),
+    "threads": (int, "threads per rank (0: cores / ranks on the node)"),
+    "progress": (str, "auto, bar, lines or none"),
+    "out": (str, "output folder for the model and metrics"),
+}
+BOOL_FLAGS = {"standardize": "scale features to zero mean and unit variance",
+              "nesterov": "Nesterov momentum (sgd)"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _RootParser(prog="python -m mpi_dml", description="Data-parallel training with MPI.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_RootParser)
+
+    train = sub.add_parser("train", help="train a model")
+    train.add_argument("--config", help="TOML file with the same keys as the flags")
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        train.add_argument(f"--{name}", type=kind, default=None, help=text)
+    for name, text in BOOL_FLAGS.items():
+        train.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=text)
+
+    ev = sub.add_parser("evaluate", help="print metrics of a saved model as JSON")
+    ev.add_argument("--model", required=True, help="folder written by train")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--label-column", default=None, help="default: the one used in training")
+
+    pr = sub.add_parser("predict", help="write one prediction per input row")
+    pr.add_argument("--model", required=True, help="folder written by train")
+    pr.add_argument("--data", required=True)
+    pr.add_argument("--output", required=True, help="CSV file to write")
+
+    sub.add_parser("info", help="report MPI, ranks, threads and GPU availability")
+    return parser
+
+
+class _RootParser(argparse.ArgumentParser):
+    """Prints usage, help and errors on rank 0 only, so N ranks do not say it N times."""
+
+    quiet = False
+
+    def _print_message(self, message, file=None):
+        if not _RootParser.quiet:
+            super()._print_message(message, file)
+
+
+def main(argv=None) -> int:
+    from .comm import Comm, install_abort_hook
+
+    install_abort_hook()
+    comm = Comm.world()
+    _RootParser.quiet = not comm.is_root
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args, comm)
+    except AgreedError as exc:
+        if comm.is_root:
+            print(f"mpi_dml: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except UserError as exc:
+        # Found on this rank alone, outside an agreed phase: the others may be waiting
+        # in a collective, so the job must end here.
+        if comm.size == 1:
+            print(f"mpi_dml: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(f"mpi_dml: error on rank {comm.rank} ({comm.host}): {exc}", file=sys.stderr,
+              flush=True)
+        comm.abort(EXIT_USER_ERROR)
+
+
+def _run(args, comm) -> int:
+    if args.command == "info":
+        from .info import info_command
+        info_command(comm)
+        return 0
+    if args.command == "train":
+        from .train import Trainer
+        cfg = comm.agreed(_train_config, args)
+        Trainer(cfg, comm=comm).fit()
+        return 0
+    from .evaluation import evaluate_command, predict_command
+    from .kernels import get
+    from .threads import apply_threads, threads_per_rank
+    apply_threads(threads_per_rank(0, comm.local_size))
+    if args.command == "evaluate":
+        evaluate_command(args, comm, get("cpu"))
+    else:
+        predict_command(args, comm, get("cpu"))
+    return 0
+
+
+def _train_config(args):
+    from .config import build_config, load_toml
+
+    file_values = load_toml(args.config) if args.config else {}
+    flags = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
+             for name in [*TRAIN_FLAGS, *BOOL_FLAGS]}
+    return build_config(file_values, flags)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

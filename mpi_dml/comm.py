@@ -1,0 +1,164 @@
+"""The one place that talks to MPI.
+
+``Comm`` wraps an mpi4py communicator with the handful of operations the engine needs:
+in-place gradient Allreduce, parameter broadcast, small metric reductions, agreement
+on errors, and streaming rows to rank 0. One process is simply a world of size 1.
+
+    >>> comm = Comm.world()          # MPI_COMM_WORLD, size 1 under plain `python`
+    >>> comm.allreduce_(grad_buffer) # in place, summed over ranks
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import traceback
+
+from mpi4py import MPI
+
+from .errors import AgreedError, UserError
+
+_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+
+
+class Comm:
+    """Rank, size and node layout of one communicator, plus the collectives we use.
+
+    Parameters
+    ----------
+    mpi_comm : mpi4py.MPI.Comm
+        The communicator to use. It is used as given (not duplicated), so the caller
+        owns it; ``Comm.world()`` is the usual choice.
+    """
+
+    def __init__(self, mpi_comm):
+        self._comm = mpi_comm
+        self.rank = mpi_comm.Get_rank()
+        self.size = mpi_comm.Get_size()
+        self.host = socket.gethostname()
+        # Ranks that can share memory are on one node; that split is what decides
+        # local rank (GPU binding) and how many cores each rank may use.
+        node_comm = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = node_comm.Get_rank()
+        self.local_size = node_comm.Get_size()
+        leader = 1 if self.local_rank == 0 else 0
+        leaders_below = self.exscan_int(leader)
+        # A node's index is the number of node leaders with a lower world rank.
+        self.node = node_comm.bcast(leaders_below, root=0)
+        self.n_nodes = self.allreduce_int(leader)
+        node_comm.Free()
+
+    @classmethod
+    def world(cls) -> "Comm":
+        return cls(MPI.COMM_WORLD)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    # --- collectives on numpy buffers -------------------------------------------------
+    def allreduce_(self, buf, op: str = "sum"):
+        """Reduce ``buf`` across ranks in place and return it."""
+        if self.size > 1:
+            self._comm.Allreduce(MPI.IN_PLACE, buf, op=_OPS[op])
+        return buf
+
+    def bcast_(self, buf, root: int = 0):
+        """Overwrite ``buf`` on every rank with its contents on ``root``."""
+        if self.size > 1:
+            self._comm.Bcast(buf, root=root)
+        return buf
+
+    def exscan_int(self, value: int) -> int:
+        """Sum of ``value`` over lower ranks (0 on rank 0)."""
+        if self.size == 1:
+            return 0
+        out = self._comm.exscan(int(value))
+        return 0 if out is None else int(out)
+
+    def allreduce_int(self, value: int, op: str = "sum") -> int:
+        return int(self._comm.allreduce(int(value), op=_OPS[op]))
+
+    def allgather(self, obj) -> list:
+        """Gather a small Python object (counts, names) from every rank."""
+        return self._comm.allgather(obj)
+
+    def bcast(self, obj, root: int = 0):
+        """Broadcast a small Python object from ``root``."""
+        return self._comm.bcast(obj, root=root)
+
+    def barrier(self):
+        self._comm.Barrier()
+
+    # --- streaming to rank 0 ------------------------------------------------------------
+    def stream_to_root(self, chunk, consume):
+        """Call ``consume(chunk)`` on rank 0 for each rank's ``chunk``, in rank order.
+
+        Rank 0 holds one rank's chunk at a time, so predictions of any size can be
+        written in input order without gathering them all in memory.
+        """
+        if self.rank == 0:
+            consume(chunk)
+            for src in range(1, self.size):
+                consume(self._comm.recv(source=src, tag=71))
+        else:
+            self._comm.send(chunk, dest=0, tag=71)
+
+    # --- agreeing on errors -------------------------------------------------------------
+    def agree(self, error: str | None):
+        """Collective: raise ``AgreedError`` on every rank if any rank reports an error.
+
+        The message is the lowest failing rank's. When only some ranks failed it names
+        the rank and host, since the problem is in that rank's part of the input.
+        """
+        errors = self._comm.allgather(None if error is None else (error, self.host))
+        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        if not failed:
+            return
+        rank, (message, host) = failed[0]
+        if self.size > 1 and len(failed) < self.size:
+            message = f"{message} (reported by rank {rank} on {host})"
+        raise AgreedError(message)
+
+    def agreed(self, fn, *args, **kwargs):
+        """Run ``fn`` on every rank; if it raises UserError anywhere, all ranks raise."""
+        try:
+            result, error = fn(*args, **kwargs), None
+        except AgreedError:
+            raise
+        except UserError as exc:
+            result, error = None, str(exc)
+        self.agree(error)
+        return result
+
+    def abort(self, code: int = 1):
+        self._comm.Abort(code)
+
+
+def mpi_library() -> dict:
+    """What MPI this process runs on, for `info` and model metadata."""
+    return {
+        "library": MPI.Get_library_version().strip().splitlines()[0].strip(),
+        "standard": "%d.%d" % MPI.Get_version(),
+        "mpi4py": __import__("mpi4py").__version__,
+    }
+
+
+def install_abort_hook():
+    """Make an uncaught exception on any rank end the whole job.
+
+    Plain ``python`` under mpiexec leaves the other ranks waiting forever in their next
+    collective. The hook prints the traceback once, naming rank and host, then calls
+    MPI_Abort, which the launcher turns into the end of every rank.
+    """
+    world = MPI.COMM_WORLD
+    if world.Get_size() == 1:
+        return
+
+    def hook(exc_type, exc, tb):
+        rank, host = world.Get_rank(), socket.gethostname()
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(f"mpi_dml: rank {rank} on {host} failed; aborting the job.\n{text}")
+        sys.stderr.flush()
+        world.Abort(1)
+
+    sys.excepthook = hook

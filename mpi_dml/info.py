@@ -1,0 +1,39 @@
+"""``python -m mpi_dml info``: what this job runs on, printed by rank 0 as JSON.
+
+    $ mpiexec -n 4 python -m mpi_dml info
+
+Use it first on a new cluster: a world size of 1 under ``srun -n 4`` means srun started
+four separate jobs (add ``--mpi=pmi2``); ``threads_per_rank`` shows whether ranks on a
+node will fight over its cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+from . import __version__
+from .comm import mpi_library
+from .gpu import cupy_status
+from .threads import apply_threads, threads_per_rank
+
+
+def info_command(comm) -> dict:
+    threads = apply_threads(threads_per_rank(0, comm.local_size))
+    mine = {"rank": comm.rank, "host": comm.host, "node": comm.node,
+            "local_rank": comm.local_rank, "cpus_bound": len(os.sched_getaffinity(0))}
+    ranks = comm.allgather(mine)
+    report = {
+        "mpi_dml": __version__,
+        "mpi": mpi_library(),
+        "world_size": comm.size,
+        "nodes": comm.n_nodes,
+        "ranks_per_node": dict(sorted(Counter(r["host"] for r in ranks).items())),
+        "threads": threads,
+        "slurm_ntasks": os.environ.get("SLURM_NTASKS"),
+        "gpu": cupy_status(),
+        "ranks": ranks,
+    }
+    if comm.is_root:
+        print(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,64 @@
+"""Learning-rate schedules (pure functions) and optimizers over the flat buffers.
+
+An optimizer step is one fused kernel over the whole parameter buffer: the buffer is
+contiguous, so there is no per-tensor loop and no per-tensor launch.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def learning_rate(step: int, *, lr: float, schedule: str, total_steps: int,
+                  steps_per_epoch: int, warmup_steps: int = 0, step_epochs: int = 10,
+                  gamma: float = 0.1) -> float:
+    """Learning rate for 0-based optimizer ``step``.
+
+    Linear warm-up over ``warmup_steps`` (reaching ``lr`` at the end of warm-up), then
+    ``constant``; ``step`` (times ``gamma`` every ``step_epochs`` epochs); or
+    ``cosine`` decay from ``lr`` to 0 over the remaining steps.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    if schedule == "step":
+        return lr * gamma ** ((step // max(steps_per_epoch, 1)) // step_epochs)
+    if schedule == "cosine":
+        span = max(total_steps - warmup_steps, 1)
+        progress = min((step - warmup_steps) / span, 1.0)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+class Optimizer:
+    """SGD (momentum, Nesterov), Adam or AdamW over one flat parameter buffer.
+
+    State buffers have the parameter buffer's layout, so a checkpoint can store them
+    as flat arrays and restore them on any number of ranks.
+    """
+
+    def __init__(self, cfg, decay_mask: np.ndarray, kernels):
+        self.cfg = cfg
+        self.kind = cfg.optimizer
+        self.mask = decay_mask
+        self.k = kernels
+        self.step_count = 0
+        n = decay_mask.size
+        dtype = np.dtype(cfg.dtype)
+        if self.kind == "sgd":
+            self.state = {"velocity": np.zeros(n, dtype=dtype)}
+        else:
+            self.state = {"m": np.zeros(n, dtype=dtype), "v": np.zeros(n, dtype=dtype)}
+
+    def step(self, params: np.ndarray, grads: np.ndarray, lr: float):
+        c = self.cfg
+        self.step_count += 1
+        if self.kind == "sgd":
+            self.k.sgd_update(params, grads, self.state["velocity"], lr, c.momentum,
+                              c.nesterov, c.weight_decay, c.l1, self.mask)
+        else:
+            self.k.adam_update(params, grads, self.state["m"], self.state["v"], lr, c.beta1,
+                               c.beta2, c.eps, self.step_count, c.weight_decay,
+                               self.kind == "adamw", c.l1, self.mask)

@@ -1,0 +1,48 @@
+"""Packaging for mpi_dml.
+
+The top-level ``kernels/`` folder is installed as ``mpi_dml.kernels`` so nothing
+called plain ``kernels`` lands in site-packages.
+"""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "mpi_dml" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="mpi_dml",
+    version=VERSION,
+    description="Data-parallel training on HPC clusters with MPI, Numba and CuPy",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["mpi_dml", "mpi_dml.kernels"],
+    package_dir={"mpi_dml": "mpi_dml", "mpi_dml.kernels": "kernels"},
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        # mpi4py plus an MPI from PyPI: no system MPI needed. Cluster users swap the
+        # `mpich` wheel for their site MPI (see README, "Using your site's MPI").
+        "mpi4py>=4.0",
+        "mpich>=4.2; platform_system == 'Linux'",
+        # Reference implementation of the safetensors format: loading never unpickles
+        # and malformed headers are rejected by a well-tested parser.
+        "safetensors>=0.4",
+        # Sets BLAS/OpenMP thread counts at run time, whichever BLAS numpy was built
+        # with, so ranks that share a node do not oversubscribe its cores.
+        "threadpoolctl>=3.1",
+        "tomli>=2.0; python_version < '3.11'",
+    ],
+    extras_require={
+        # Real datasets for the examples (digits, breast cancer) and the accuracy tests.
+        "data": ["scikit-learn>=1.3"],
+        "test": ["pytest>=7", "scikit-learn>=1.3"],
+        # PyTorch for the side-by-side DDP benchmark.
+        "bench": ["torch>=2.0"],
+        # CUDA 12 build of CuPy; see README for other CUDA versions.
+        "gpu": ["cupy-cuda12x>=13"],
+    },
+    entry_points={"console_scripts": ["mpi-dml=mpi_dml.cli:main"]},
+)
