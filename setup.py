@@ -18,7 +18,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["mpi_dml", "mpi_dml.kernels"],
+    packages=["mpi_dml", "mpi_dml.sources", "mpi_dml.kernels"],
     package_dir={"mpi_dml": "mpi_dml", "mpi_dml.kernels": "kernels"},
     install_requires=[
         "numpy>=1.24",

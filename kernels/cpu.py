@@ -6,8 +6,8 @@ into scalars of the array's dtype, and calls one ``@njit`` kernel. Casting up fr
 means float32 buffers are updated with float32 arithmetic (twice the SIMD width, and
 the same rounding as the NumPy reference), and each kernel compiles once per dtype.
 
-Kernels are serial on purpose: every MPI rank runs one thread, and
-``cache=True`` keeps compiled code on disk so later runs skip the JIT.
+Kernels are serial on purpose: they are element-wise passes that cost little next to
+the GEMMs, which get the rank's BLAS threads. ``cache=True`` keeps compiled code on disk so later runs skip the JIT.
 ``error_model="numpy"`` makes float division follow IEEE rules (inf/nan, as the
 NumPy reference does) instead of raising ZeroDivisionError; without it the check
 on every division stops LLVM from vectorising loops such as Adam's (about 10x).

@@ -157,7 +157,8 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, de
     ``param``, ``m`` and ``v`` are updated in place.
     """
     if decoupled:
-        # L1's sign is taken before the decay shrinks param, as the spec requires.
+        # L1's sign is taken before the decay shrinks param, so both terms see the same
+        # parameter value (the coupled branch below does the same).
         g = _regularized(grad, param, 0.0, l1, decay_mask)
         param -= lr * weight_decay * param * decay_mask
     else:

@@ -126,7 +126,7 @@ def _run(args, comm) -> int:
     from .evaluation import evaluate_command, predict_command
     from .kernels import get
     from .threads import apply_threads, threads_per_rank
-    apply_threads(threads_per_rank(0, comm.local_size))
+    apply_threads(threads_per_rank(0, comm.ranks_sharing_cpus))
     if args.command == "evaluate":
         evaluate_command(args, comm, get("cpu"))
     else:

@@ -9,6 +9,7 @@ on errors, and streaming rows to rank 0. One process is simply a world of size 1
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import traceback
@@ -40,6 +41,10 @@ class Comm:
         node_comm = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node_comm.Get_rank()
         self.local_size = node_comm.Get_size()
+        # Ranks bound to the same CPU set share those cores; ranks bound to their own
+        # subsets (srun --cpu-bind, mpiexec -bind-to core) do not.
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+        self.ranks_sharing_cpus = sum(c == cpus for c in node_comm.allgather(cpus))
         leader = 1 if self.local_rank == 0 else 0
         leaders_below = self.exscan_int(leader)
         # A node's index is the number of node leaders with a lower world rank.
@@ -81,10 +86,6 @@ class Comm:
     def allgather(self, obj) -> list:
         """Gather a small Python object (counts, names) from every rank."""
         return self._comm.allgather(obj)
-
-    def bcast(self, obj, root: int = 0):
-        """Broadcast a small Python object from ``root``."""
-        return self._comm.bcast(obj, root=root)
 
     def barrier(self):
         self._comm.Barrier()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from .errors import UserError
 
@@ -147,6 +147,8 @@ def load_toml(path: str) -> dict:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise UserError(f"No such config file: {path}") from None
+    except OSError as exc:
+        raise UserError(f"Cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path} is not valid TOML: {exc}") from None
     values = {}
@@ -173,7 +175,10 @@ def _coerce(name, value, default):
     """Give a TOML/flag value the type of the field's default, or explain the mismatch."""
     if name == "hidden":
         if isinstance(value, (list, tuple)):
-            return tuple(int(v) for v in value)
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return tuple(value)
+            raise UserError(f"The 'hidden' parameter of TrainConfig must be a list of integer "
+                            f"widths such as [512, 256]. Got {value!r} instead.")
         return parse_int_list(value, name)
     kind = type(default)
     if kind is bool:
@@ -182,6 +187,8 @@ def _coerce(name, value, default):
         if str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
             return str(value).lower() in ("true", "1", "yes")
     elif kind is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value  # as given: a float round trip would change seeds above 2**53
         try:
             if float(value) == int(float(value)):
                 return int(float(value))

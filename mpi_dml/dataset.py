@@ -50,14 +50,17 @@ def label_index(columns: list, label_column: str, path: str) -> int:
     return columns.index(label_column)
 
 
-def split_block(block, label_at, path, first_row, classification) -> Split:
-    """Separate the label column and reject NaN/Inf features and bad labels."""
+def split_block(block, label_at, path, first_row, classification, names) -> Split:
+    """Separate the label column and reject NaN/Inf features and bad labels.
+
+    ``names`` are the feature columns' names, for messages.
+    """
     y = block[:, label_at].copy()
     x = np.ascontiguousarray(np.delete(block, label_at, axis=1))
     bad = ~np.isfinite(x)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise UserError(f"{where(path, first_row + r)}: feature {c} is {x[r, c]}; "
+        raise UserError(f"{where(path, first_row + r)}: feature column '{names[c]}' is {x[r, c]}; "
                         f"features must be finite numbers")
     if not np.isfinite(y).all():
         r = int(np.flatnonzero(~np.isfinite(y))[0])
@@ -92,13 +95,15 @@ def load_training(cfg, comm) -> TrainingData:
     s0, s1 = sharding.owned_shards(n_shards, comm.rank, comm.size)
     lo, hi = int(bounds[s0]), int(bounds[s1])
     label_at = comm.agreed(label_index, table.columns, cfg.label_column, cfg.data)
-    block = table.read(lo, hi)
-    rows = comm.agreed(split_block, block, label_at, cfg.data, lo, cfg.is_classifier)
     names = [c for i, c in enumerate(table.columns) if i != label_at]
+    block = table.read(lo, hi)
+    rows = comm.agreed(split_block, block, label_at, cfg.data, lo, cfg.is_classifier, names)
 
+    comm.agreed(_check_fraction_possible, cfg, n_shards, table.n_rows)
     held_out = sharding.validation_shards(n_shards, cfg.val_fraction, cfg.seed)
     sizes = np.diff(bounds)
     shard_sizes = np.where(held_out, 0, sizes)
+    comm.agreed(_check_split, cfg, int(shard_sizes.sum()), table.n_rows)
     mine = np.arange(s0, s1)
     take_train = np.repeat(~held_out[mine], sizes[mine])
     train = Split(rows.x[take_train], rows.y[take_train])
@@ -112,12 +117,15 @@ def load_training(cfg, comm) -> TrainingData:
         vlo, vhi = sharding.chunk(val_table.n_rows, comm.rank, comm.size)
         val_at = val_table.columns.index(cfg.label_column)
         val = comm.agreed(split_block, val_table.read(vlo, vhi), val_at, cfg.val_data, vlo,
-                          cfg.is_classifier)
+                          cfg.is_classifier, names)
         n_val = val_table.n_rows
 
     n_classes = 0
     if cfg.is_classifier:
-        n_classes = infer_classes(cfg, comm, [rows.y, val.y if val is not None else rows.y[:0]])
+        # Classes come from the training file alone; validation labels are checked
+        # against them, never allowed to widen the model.
+        n_classes = comm.agreed(infer_classes, cfg, comm.allreduce_int(
+            int(rows.y.max()) if rows.y.size else 0, op="max"))
         comm.agreed(check_labels, rows, n_classes, cfg.data, lo, cfg.model)
         if cfg.val_data:
             comm.agreed(check_labels, val, n_classes, cfg.val_data, vlo, cfg.model)
@@ -125,19 +133,48 @@ def load_training(cfg, comm) -> TrainingData:
                         mine[~held_out[mine]], int(shard_sizes.sum()), n_val)
 
 
-def infer_classes(cfg, comm, label_arrays) -> int:
-    """``num_classes`` if set; binary models have 2; otherwise 1 + the largest label."""
+MAX_INFERRED_CLASSES = 10_000
+
+
+def infer_classes(cfg, largest_label: int) -> int:
+    """``num_classes`` if set; binary models have 2; otherwise 1 + the largest label.
+
+    A huge largest label is far more often a regression target or an id column than a
+    real class count, so beyond MAX_INFERRED_CLASSES the user must say so.
+    """
     if cfg.model in ("logistic", "svm"):
         return 2
     if cfg.num_classes:
         return cfg.num_classes
-    local = max((int(a.max()) for a in label_arrays if a.size), default=0)
-    return max(2, comm.allreduce_int(local, op="max") + 1)
+    if largest_label + 1 > MAX_INFERRED_CLASSES:
+        raise UserError(f"the largest label in '{cfg.label_column}' is {largest_label}, which would "
+                        f"make {largest_label + 1} classes; pass --num-classes if that is "
+                        f"intended, or --task regression for a numeric target")
+    return max(2, largest_label + 1)
 
 
 def _require_rows(n_rows, path):
     if n_rows == 0:
         raise UserError(f"{path} has a header but no data rows")
+
+
+def _check_fraction_possible(cfg, n_shards, n_rows):
+    if cfg.val_fraction > 0 and n_shards < 2:
+        raise UserError(f"--val-fraction holds out whole virtual shards, and {cfg.data} "
+                        f"({n_rows} rows, --shards {cfg.shards}) has only {n_shards}; "
+                        f"raise --shards or use --val-data")
+
+
+def _check_split(cfg, n_train, n_rows):
+    """Holding out whole shards must come close to the asked fraction and leave rows."""
+    if n_train == 0:
+        raise UserError(f"{cfg.data} leaves no training rows")
+    if cfg.val_fraction > 0:
+        got = 1 - n_train / n_rows
+        if abs(got - cfg.val_fraction) > cfg.val_fraction / 2:
+            raise UserError(f"--val-fraction {cfg.val_fraction} holds out whole shards, which "
+                            f"with --shards {cfg.shards} gives {got:.2f} of the rows; raise "
+                            f"--shards or use --val-data")
 
 
 def _same_features(val_columns, columns, cfg):

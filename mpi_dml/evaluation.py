@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sharding
-from .dataset import check_labels, label_index, split_block, where
+from .dataset import check_labels, split_block
 from .errors import UserError
 from .model_io import atomic_writer, load_model
 from .models import labels_for_loss, predictions
@@ -33,18 +33,17 @@ def split_metrics(model, params, x, y, kernels, comm, *, standardize=None) -> di
         yb = labels_for_loss(model, y[lo:lo + EVAL_CHUNK], dtype)
         l, c, _ = model.evaluate(params, xb, yb, kernels)
         loss, correct = loss + l, correct + c
-    sums = np.array([loss, correct, y.size, y.sum(), (y.astype(np.float64) ** 2).sum()])
-    comm.allreduce_(sums)
-    loss, correct, n, sy, syy = sums
-    n_int = int(n)
-    if n_int == 0:
+    loss, correct, n, sum_y = comm.allreduce_(np.array([loss, correct, y.size, y.sum()]))
+    if n == 0:
         return {"n": 0}
     if model.is_classifier:
-        return {"accuracy": correct / n, "loss": loss / n, "n": n_int}
+        return {"accuracy": correct / n, "loss": loss / n, "n": int(n)}
+    # Total variance in a second pass around the global mean: the one-pass
+    # sum(y^2) - sum(y)^2 / n cancels to nothing for targets far from zero.
+    total = comm.allreduce_(np.array([((y - sum_y / n) ** 2).sum()]))[0]
     mse = 2.0 * loss / n  # the squared loss is 0.5 * (z - y)^2
-    total = syy - sy * sy / n
-    r2 = 1.0 - (mse * n) / total if total > 0 else float("nan")
-    return {"r2": r2, "mse": mse, "loss": loss / n, "n": n_int}
+    r2 = 1.0 - (mse * n) / total if total > 0 else None
+    return {"r2": r2, "mse": mse, "loss": loss / n, "n": int(n)}
 
 
 def prepare(x, dtype, standardize):
@@ -54,58 +53,84 @@ def prepare(x, dtype, standardize):
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-def _read_for_model(loaded, path, label_column, comm):
-    """This rank's slice of ``path``: (features, labels or None, first row)."""
+def _read_for_model(loaded, path, comm, label_column, need_labels):
+    """This rank's contiguous slice of ``path`` as a Split, and its first row.
+
+    With ``need_labels`` the label column must be there; without, it is dropped when
+    present (predict accepts files with or without it) and never checked.
+    """
     table = open_table(path, comm)
-    lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
-    names = loaded.feature_names
-    label_at = None
-    if label_column:
-        label_at = comm.agreed(label_index, table.columns, label_column, path)
+    label_at = comm.agreed(_locate_label, table.columns, loaded.feature_names, label_column,
+                           need_labels, path)
     features = [c for i, c in enumerate(table.columns) if i != label_at]
-    comm.agreed(_check_features, features, names, path)
+    comm.agreed(_check_features, features, loaded.feature_names, path)
+    lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
     block = table.read(lo, hi)
-    if label_at is None:
-        # No labels: append a dummy column so the same checks (finite, numeric) apply.
-        block = np.concatenate([block, np.zeros((block.shape[0], 1))], axis=1)
-        label_at = block.shape[1] - 1
-    split = comm.agreed(split_block, block, label_at, path, lo, loaded.model.is_classifier and
-                        label_column is not None)
-    return split, lo, table.n_rows
+    if not need_labels:
+        # Replace any label column by zeros so only the features are checked.
+        if label_at is not None:
+            block = np.delete(block, label_at, axis=1)
+        label_at = block.shape[1]
+        block = np.column_stack([block, np.zeros(block.shape[0])])
+    classify = need_labels and loaded.model.is_classifier
+    split = comm.agreed(split_block, block, label_at, path, lo, classify, features)
+    return split, lo
+
+
+def _locate_label(columns, names, label_column, need_labels, path):
+    """Index of the label column, or None when the file holds only features.
+
+    A plain 2-D .npy names its columns by position, so there "the label column" can
+    only be told apart from a feature by the file having one column more than the model.
+    """
+    positional = _positional(columns, path)
+    if label_column in columns and (not positional or len(columns) == len(names) + 1):
+        return columns.index(label_column)
+    if need_labels:
+        if label_column not in columns:
+            raise UserError(f"{path} has no label column '{label_column}' (the model's); "
+                            f"name it with --label-column")
+        raise UserError(f"{path} has {len(columns) - 1} feature columns but the model was "
+                        f"trained on {len(names)}")
+    return None
 
 
 def _check_features(features, names, path):
     if len(features) != len(names):
         raise UserError(f"{path} has {len(features)} feature columns but the model was trained "
                         f"on {len(names)}")
-    if features != names and not all(f.isdigit() for f in features):
+    if features != names and not _positional(features + names, path):
         diff = next(i for i, (a, b) in enumerate(zip(features, names)) if a != b)
         raise UserError(f"{path} feature column {diff} is '{features[diff]}' but the model "
                         f"expects '{names[diff]}'")
+
+
+def _positional(columns, path) -> bool:
+    return path.endswith((".npy", ".npz")) and all(c.isdigit() for c in columns)
 
 
 def evaluate_command(args, comm, kernels) -> dict:
     """Metrics of a saved model on labelled data; rank 0 prints them as JSON."""
     loaded = comm.agreed(load_model, args.model)
     label = args.label_column or loaded.info.get("label_column")
-    split, lo, _ = _read_for_model(loaded, args.data, label, comm)
-    if loaded.model.is_classifier:
-        comm.agreed(check_labels, split, loaded.model.n_outputs if loaded.model.loss == "softmax"
-                    else 2, args.data, lo, loaded.model.kind)
-    metrics = split_metrics(loaded.model, loaded.params, split.x, split.y, kernels, comm,
+    split, lo = _read_for_model(loaded, args.data, comm, label, need_labels=True)
+    model = loaded.model
+    if model.is_classifier:
+        n_classes = model.n_outputs if model.loss == "softmax" else 2
+        comm.agreed(check_labels, split, n_classes, args.data, lo, model.kind)
+    metrics = split_metrics(model, loaded.params, split.x, split.y, kernels, comm,
                             standardize=loaded.standardize)
     if comm.is_root:
-        print(json.dumps(metrics))
+        print(json.dumps(metrics, allow_nan=False))
     return metrics
 
 
 def predict_command(args, comm, kernels):
     """One CSV row per input row, in input order, written by rank 0."""
     loaded = comm.agreed(load_model, args.model)
-    comm.agreed(_check_output, args.output)
-    label = loaded.info.get("label_column")
-    table_columns = open_table(args.data, comm).columns
-    split, _, _ = _read_for_model(loaded, args.data, label if label in table_columns else None, comm)
+    comm.agreed(_check_output if comm.is_root else _nothing, args.output)
+    split, _ = _read_for_model(loaded, args.data, comm, loaded.info.get("label_column"),
+                               need_labels=False)
     model, params = loaded.model, loaded.params
     raw = [model.predict_raw(params, prepare(split.x[i:i + EVAL_CHUNK], params.dtype,
                                              loaded.standardize), kernels)
@@ -121,10 +146,17 @@ def predict_command(args, comm, kernels):
         comm.stream_to_root(text, fh.write)
 
 
+def _nothing(*_):
+    pass
+
+
 def _check_output(path):
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise UserError(f"Cannot write {path}: folder {folder} does not exist")
+    """Only rank 0 writes, so only rank 0's view of the file system matters."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"Cannot write {path}: it is a folder; give a file name")
+    if not target.resolve().parent.is_dir():
+        raise UserError(f"Cannot write {path}: folder {target.resolve().parent} does not exist")
 
 
 def _header(probs) -> str:

@@ -19,7 +19,7 @@ from .threads import apply_threads, threads_per_rank
 
 
 def info_command(comm) -> dict:
-    threads = apply_threads(threads_per_rank(0, comm.local_size))
+    threads = apply_threads(threads_per_rank(0, comm.ranks_sharing_cpus))
     mine = {"rank": comm.rank, "host": comm.host, "node": comm.node,
             "local_rank": comm.local_rank, "cpus_bound": len(os.sched_getaffinity(0))}
     ranks = comm.allgather(mine)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .kernels.reference import ACTIVATIONS
 from .models import Layer, Model
 
 FORMAT = "mpi_dml.model"
@@ -34,6 +35,9 @@ def atomic_writer(path, mode: str = "wb"):
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file private (0600); give it the permissions a plain open()
+    # would, so colleagues on a shared cluster can read the model.
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -43,6 +47,12 @@ def atomic_writer(path, mode: str = "wb"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path, data: bytes):
@@ -105,7 +115,13 @@ def load_model(model_dir) -> LoadedModel:
         if info.get("format") != FORMAT:
             raise ValueError("not an mpi_dml model")
         layers = [Layer(int(a), int(b), str(c)) for a, b, c in info["layers"]]
+        if not layers or any(l.activation not in ACTIVATIONS for l in layers):
+            raise ValueError("bad layer list")
         model = Model(info["kind"], layers, info["loss"])
+        dtype = np.dtype(info["dtype"])
+        names = info["feature_names"]
+        if len(names) != model.n_features:
+            raise ValueError(f"{len(names)} feature names for {model.n_features} inputs")
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{json_path} is not a valid mpi_dml model description ({exc})") from None
     blob = st_path.read_bytes()
@@ -116,12 +132,14 @@ def load_model(model_dir) -> LoadedModel:
         tensors = load(blob)
     except (SafetensorError, ValueError) as exc:
         raise UserError(f"{st_path} is not a readable safetensors file ({exc})") from None
-    params = np.zeros(model.size, dtype=np.dtype(info["dtype"]))
+    params = np.zeros(model.size, dtype=dtype)
     for name, view in model.named(params).items():
         if name not in tensors or tensors[name].shape != view.shape:
             raise UserError(f"{st_path} lacks tensor {name} of shape {view.shape}")
         view[...] = tensors[name]
     standardize = None
     if info.get("standardize"):
-        standardize = (tensors["standardize.mean"], tensors["standardize.std"])
+        standardize = tuple(tensors.get(f"standardize.{k}") for k in ("mean", "std"))
+        if any(t is None or t.shape != (model.n_features,) for t in standardize):
+            raise UserError(f"{st_path} lacks standardization tensors of {model.n_features} values")
     return LoadedModel(model, params, info, standardize)

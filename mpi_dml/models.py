@@ -4,8 +4,8 @@ Every model here (linear, logistic, softmax, SVM, MLP) is dense layers followed 
 loss. Parameters and gradients are views into one contiguous buffer each, so one
 Allreduce moves every gradient. The buffer holds the layers in *reverse* order (last
 layer first): backward produces the last layer's gradient first, so the finished part
-of the gradient buffer is always a prefix that a bucketed exchange can start sending
-while earlier layers are still in backward.
+of the gradient buffer is always a prefix. An exchange that overlaps communication with
+backward can then send growing prefixes without copying into separate buckets.
 
 Losses and gradients are *sums* over the rows given, never means: the trainer divides
 by the true global batch count after the Allreduce, so ranks with uneven or empty
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# loss name -> (kernel name, width of the output layer, or None for "number of classes")
+# loss name -> the kernel that turns outputs into loss and dLoss/dz
 LOSSES = {
     "squared": "squared_loss_grad",
     "logistic": "logistic_loss_grad",
@@ -110,7 +110,7 @@ class Model:
         return acts
 
     def loss_grad(self, params, grads, x, y, k) -> tuple[float, int]:
-        """Add nothing, overwrite ``grads`` with the summed gradient over the rows of x.
+        """Overwrite ``grads`` with the gradient summed (not averaged) over the rows of x.
 
         Returns (loss summed over rows, correctly classified rows; 0 for regression).
         """

@@ -12,6 +12,7 @@ or from Python, with a communicator the caller owns:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 from . import __version__, sharding
 from .comm import mpi_library
 from .dataset import load_training, standardization
+from .errors import AgreedError, UserError
 from .evaluation import prepare, split_metrics
 from .model_io import save_model
 from .models import build_model, labels_for_loss
@@ -43,13 +45,15 @@ class Trainer:
     def fit(self) -> dict:
         cfg, comm = self.cfg, self.comm
         comm.agreed(cfg.validate, world_size=comm.size)
-        self.thread_info = apply_threads(threads_per_rank(cfg.threads, comm.local_size))
+        comm.agreed(check_out_dir if comm.is_root else _nothing, cfg.out)
+        apply_threads(threads_per_rank(cfg.threads, comm.ranks_sharing_cpus))
         k = self.kernels or _default_kernels(cfg.dtype)
         data = load_training(cfg, comm)
         dtype = np.dtype(cfg.dtype)
 
         scale = standardization(data.train.x, comm) if cfg.standardize else None
         x_train = prepare(data.train.x, dtype, scale)
+        data.train.x = None  # x_train replaces it; do not hold the rank's rows twice
         model = build_model(cfg.model, cfg.task, x_train.shape[1], data.n_classes,
                             cfg.hidden, cfg.activation)
         y_train = labels_for_loss(model, data.train.y, dtype)
@@ -73,9 +77,13 @@ class Trainer:
             record = self._epoch(epoch, model, params, grads, opt, x_train, y_train, data,
                                  k, steps, total_steps, progress)
             record.update(self._validate(model, params, data, scale, k))
+            if not np.isfinite(record["train_loss"]):
+                # The loss is reduced over all ranks, so every rank stops here together.
+                raise AgreedError(f"training diverged in epoch {epoch + 1}: the training loss "
+                                  f"is {record['train_loss']}; lower --lr")
             if comm.is_root:
                 with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                    fh.write(json.dumps(record, allow_nan=False) + "\n")
             progress.epoch(record)
 
         final = {key: v for key, v in record.items() if key.startswith(("train_", "val_"))}
@@ -91,6 +99,7 @@ class Trainer:
                                   epoch=epoch, batch_size=cfg.batch_size)
         t_data = t_compute = t_comm = 0.0
         loss_sum = correct = 0.0
+        lr = cfg.lr
         start = time.perf_counter()
         for step in range(steps):
             t0 = time.perf_counter()
@@ -147,6 +156,21 @@ class Trainer:
             "versions": {"mpi_dml": __version__, "numpy": np.__version__,
                          "numba": numba.__version__, **{"mpi": mpi_library()}},
         }
+
+
+def check_out_dir(path):
+    """``--out`` must be a folder, or a path where one can be made."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {path} exists and is not a folder")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if not out.exists() and (parent is None or not parent.is_dir()
+                             or not os.access(parent, os.W_OK | os.X_OK)):
+        raise UserError(f"--out {path} cannot be created: {parent} is not a writable folder")
+
+
+def _nothing(*_):
+    pass
 
 
 def _default_kernels(dtype):

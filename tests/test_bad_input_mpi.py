@@ -30,16 +30,25 @@ TRAIN_CASES = {
     "unknown label column": (good_rows(), ["--label-column", "target"], "no column named 'target'"),
     "non-numeric cell": (with_row("0.1,abc,0.3,1"), [], f"line {N_ROWS}: column 'b' holds 'abc'"),
     "ragged row": (with_row("0.1,0.2,1"), [], f"line {N_ROWS}: expected 4"),
-    "nan feature": (with_row("0.1,nan,0.3,1"), [], f"line {N_ROWS}: feature 1 is nan"),
-    "inf feature": (with_row("inf,0.2,0.3,1"), [], f"line {N_ROWS}: feature 0 is inf"),
+    "nan feature": (with_row("0.1,nan,0.3,1"), [], f"line {N_ROWS}: feature column 'b' is nan"),
+    "inf feature": (with_row("inf,0.2,0.3,1"), [], f"line {N_ROWS}: feature column 'a' is inf"),
     "fractional label": (with_row("0.1,0.2,0.3,0.5"), [], "class label 0.5 is not an integer"),
     "label out of range": (with_row("0.1,0.2,0.3,2"), ["--model", "logistic"], "class label 2 is out of range"),
     "label over num_classes": (with_row("0.1,0.2,0.3,7"), ["--num-classes", "3"], "class label 7 is out of range"),
+    "huge label": (with_row("0.1,0.2,0.3,250000"), [], "pass --num-classes if that is intended"),
     "empty file": ("", [], "is empty"),
     "header only": ([], [], "has a header but no data rows"),
     "lr <= 0": (good_rows(), ["--lr", "0"], "'lr' parameter of TrainConfig must be > 0"),
     "batch < ranks": (good_rows(), ["--batch-size", "1"], None),
     "bad model": (good_rows(), ["--model", "forest"], "'model' parameter of TrainConfig must be one of"),
+    "val fraction, one shard": (good_rows(), ["--val-fraction", "0.2", "--shards", "1"],
+                                "has only 1; raise --shards or use --val-data"),
+    "val fraction, coarse shards": (good_rows(), ["--val-fraction", "0.1", "--shards", "2"],
+                                    "gives 0.50 of the rows"),
+    "config is a folder": (good_rows(), ["--config", "."], "Cannot read config file ."),
+    "diverging": (good_rows(), ["--lr", "1e30", "--model", "linear", "--label-column", "a",
+                                "--batch-size", "8", "--dtype", "float64", "--epochs", "3"],
+                  "training diverged in epoch"),
 }
 
 
@@ -67,6 +76,27 @@ def test_bad_training_input(tmp_path, case, n):
     assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
 
 
+@pytest.mark.parametrize("n", [0, 2])
+def test_validation_labels_cannot_widen_the_model(tmp_path, n):
+    train_csv = write_csv(tmp_path / "train.csv", good_rows())
+    val_csv = write_csv(tmp_path / "val.csv", with_row("0.1,0.2,0.3,5", at=3))
+    r = run_cli(n, "train", "--data", train_csv, "--val-data", val_csv, "--label-column", "label",
+                "--out", tmp_path / "out", timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("val.csv line 5: class label 5 is out of range") == 1, r.stderr
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_out_must_be_a_folder(tmp_path, n):
+    data = write_csv(tmp_path / "train.csv", good_rows())
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    r = run_cli(n, "train", "--data", data, "--label-column", "label", "--out", blocker, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("exists and is not a folder") == 1, r.stderr
+    assert blocker.read_text() == "not a folder"
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
@@ -86,6 +116,27 @@ def test_feature_count_mismatch(tmp_path, model_dir, command, n):
     assert r.returncode == 2
     assert r.stderr.count("has 4 feature columns but the model was trained on 3") == 1, r.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_predict_output_must_be_a_file(tmp_path, model_dir, n):
+    data = write_csv(tmp_path / "d.csv", good_rows(5))
+    r = run_cli(n, "predict", "--model", model_dir, "--data", data, "--output", tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("it is a folder") == 1, r.stderr
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_predict_ignores_placeholder_labels(tmp_path, model_dir, n):
+    rows = [r.rsplit(",", 1)[0] + ",-1" for r in good_rows(7)]
+    with_labels = write_csv(tmp_path / "with.csv", rows)
+    without = write_csv(tmp_path / "without.csv", [r.rsplit(",", 1)[0] for r in rows], "a,b,c")
+    for data in (with_labels, without):
+        out = tmp_path / f"{data.stem}.pred.csv"
+        r = run_cli(n, "predict", "--model", model_dir, "--data", data, "--output", out, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert len(out.read_text().splitlines()) == 8
+    assert (tmp_path / "with.pred.csv").read_text() == (tmp_path / "without.pred.csv").read_text()
 
 
 @pytest.mark.parametrize("n", [0, 2])

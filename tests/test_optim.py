@@ -1,5 +1,4 @@
 """Learning-rate schedules and the optimizer wrapper over flat buffers."""
-import math
 
 import numpy as np
 import pytest

@@ -12,6 +12,7 @@ import pytest
 from conftest import RANKS, run_mpi
 
 from mpi_dml import sources
+from mpi_dml.sources import csv_table
 from mpi_dml.comm import Comm
 from mpi_dml.errors import UserError
 
@@ -173,9 +174,9 @@ def test_csv_single_column(comm, tmp_path):
 
 def test_csv_tiny_blocks_and_index(comm, tmp_path, monkeypatch):
     """Lines longer than the scan and parse blocks, lookups from sparse checkpoints."""
-    monkeypatch.setattr(sources, "_SCAN_BLOCK", 5)
-    monkeypatch.setattr(sources, "_PARSE_BLOCK", 7)
-    monkeypatch.setattr(sources, "_INDEX_STRIDE", 4)
+    monkeypatch.setattr(csv_table, "_SCAN_BLOCK", 5)
+    monkeypatch.setattr(csv_table, "_PARSE_BLOCK", 7)
+    monkeypatch.setattr(csv_table, "_INDEX_STRIDE", 4)
     data = make_data(n_rows=50)
     table = sources.open_table(write_csv(tmp_path / "t.csv", data, newline="\r\n"), comm)
     assert table.n_rows == 50
@@ -211,7 +212,7 @@ def test_csv_bad_line_is_named(comm, tmp_path, line, text, message):
 
 
 def test_csv_bad_line_found_across_parse_pieces(comm, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_PARSE_BLOCK", 100)
+    monkeypatch.setattr(csv_table, "_PARSE_BLOCK", 100)
     table = sources.open_table(bad_csv(tmp_path, 17, "1,2,3,oops"), comm)
     table.read(0, 15)  # rows before the bad line read fine
     with pytest.raises(UserError, match=r"line 17: column 'pixel_3' holds 'oops'"):

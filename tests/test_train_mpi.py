@@ -156,3 +156,34 @@ def test_info_reports_world(tmp_path):
     assert sum(report["ranks_per_node"].values()) == 3
     assert report["threads"]["threads_per_rank"] >= 1
     assert report["mpi"]["library"] and report["mpi"]["standard"]
+
+
+def test_numpy_formats_train_and_predict_like_csv(digits, tmp_path):
+    """.npy and .npz give the same model as the CSV, and predict takes labelled or
+    feature-only arrays."""
+    table = np.loadtxt(digits[0], delimiter=",", skiprows=1)
+    test = np.loadtxt(digits[1], delimiter=",", skiprows=1)
+    np.save(tmp_path / "train.npy", table)
+    np.savez(tmp_path / "train.npz", X=table[:, :-1], label=table[:, -1])
+    np.save(tmp_path / "test.npy", test)
+    np.save(tmp_path / "test_features.npy", test[:, :-1])
+    flags = ("--model", "softmax", "--epochs", "2", "--dtype", "float64")
+    runs = {"csv": (digits[0], "label"), "npy": (tmp_path / "train.npy", "64"),
+            "npz": (tmp_path / "train.npz", "label")}
+    models = {}
+    for name, (path, label) in runs.items():
+        out = tmp_path / name
+        r = run_cli(2, "train", "--data", path, "--label-column", label, "--out", out, *flags)
+        assert r.returncode == 0, r.stderr
+        models[name] = tensors(out)
+    for name in ("npy", "npz"):
+        assert max_relative_difference(models[name], models["csv"]) <= 1e-12
+    preds = []
+    for data in ("test.npy", "test_features.npy"):
+        dest = tmp_path / f"{data}.csv"
+        r = run_cli(3, "predict", "--model", tmp_path / "npy", "--data", tmp_path / data,
+                    "--output", dest)
+        assert r.returncode == 0, r.stderr
+        preds.append(dest.read_text())
+    assert preds[0] == preds[1]
+    assert len(preds[0].splitlines()) == len(test) + 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mpi_dml import sources
+from mpi_dml.sources import csv_table
 from mpi_dml.comm import Comm, install_abort_hook
 from mpi_dml.errors import EXIT_USER_ERROR, AgreedError
 
@@ -64,12 +65,12 @@ def check(comm, folders):
             check_file(comm, path, truth)
         # Again with tiny blocks and line index, so on every rank CSV lookups start
         # from checkpoints and lines straddle scan blocks and parse pieces.
-        saved = {name: getattr(sources, name) for name in TINY}
-        vars(sources).update(TINY)
+        saved = {name: getattr(csv_table, name) for name in TINY}
+        vars(csv_table).update(TINY)
         for path in files:
             if path.suffix == ".csv":
                 check_file(comm, path, truth)
-        vars(sources).update(saved)
+        vars(csv_table).update(saved)
     if comm.is_root:
         print("ok")
 

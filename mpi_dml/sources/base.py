@@ -1,0 +1,79 @@
+"""The Table interface shared by every format, and file checks they all use."""
+from __future__ import annotations
+
+import contextlib
+import operator
+import os
+
+import numpy as np
+
+from ..errors import UserError
+
+
+class Table:
+    """Columns and row count of one data file, readable in row ranges by every rank."""
+
+    def __init__(self, path: str, comm, columns: list[str], n_rows: int):
+        self.path = path
+        self.comm = comm
+        self.columns = columns
+        self.n_rows = n_rows
+
+    @classmethod
+    def open(cls, path: str, comm) -> "Table":
+        raise NotImplementedError
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Collective: global rows ``lo .. hi-1`` of every column, as float64."""
+        lo, hi = operator.index(lo), operator.index(hi)
+        # Every rank sees every request, so a bad range fails the same way everywhere
+        # and formats that need to cooperate (CSV) know all boundaries.
+        ranges = self.comm.allgather((lo, hi))
+        for rank, (r_lo, r_hi) in enumerate(ranges):
+            if not 0 <= r_lo <= r_hi <= self.n_rows:
+                raise ValueError(
+                    f"rank {rank} asked for rows [{r_lo}, {r_hi}) of {self.path}, "
+                    f"which has {self.n_rows} rows"
+                )
+        return self._read(lo, hi, ranges)
+
+    def _read(self, lo: int, hi: int, ranges: list) -> np.ndarray:
+        raise NotImplementedError
+
+    def _new_block(self, lo: int, hi: int) -> np.ndarray:
+        return np.empty((hi - lo, len(self.columns)), dtype=np.float64)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.path!r}, {len(self.columns)} columns, {self.n_rows} rows)"
+
+
+# --- files ----------------------------------------------------------------------------
+def check_file(path: str) -> int:
+    """Size of ``path``, or a UserError saying why it cannot be a data file."""
+    if not os.path.exists(path):
+        raise UserError(f"No such file: {path}")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, not a data file")
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise UserError(f"{path} is empty")
+    return size
+
+
+@contextlib.contextmanager
+def reading(path: str):
+    """Open ``path`` for binary reading; I/O failures become UserErrors."""
+    try:
+        with open(path, "rb") as f:
+            yield f
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def changed_error(path: str) -> UserError:
+    return UserError(f"{path} changed while it was being read")
+
+
