@@ -46,6 +46,12 @@ def split_metrics(model, params, x, y, kernels, comm, *, standardize=None) -> di
     return {"r2": r2, "mse": mse, "loss": loss / n, "n": int(n)}
 
 
+def finite_or_null(record: dict) -> dict:
+    """NaN and Infinity are not JSON; write them as null."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in record.items()}
+
+
 def prepare(x, dtype, standardize):
     """Features as the model takes them: standardized (in float64), then cast."""
     if standardize is not None:
@@ -121,7 +127,7 @@ def evaluate_command(args, comm, kernels) -> dict:
     metrics = split_metrics(model, loaded.params, split.x, split.y, kernels, comm,
                             standardize=loaded.standardize)
     if comm.is_root:
-        print(json.dumps(metrics, allow_nan=False))
+        print(json.dumps(finite_or_null(metrics), allow_nan=False))
     return metrics
 
 

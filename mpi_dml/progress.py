@@ -37,7 +37,7 @@ class Progress:
             return
         parts = [f"epoch {record['epoch'] + 1}/{self.epochs}", f"loss {record['train_loss']:.4f}"]
         for key in ("val_loss", "val_accuracy", "val_r2"):
-            if key in record:
+            if record.get(key) is not None:
                 parts.append(f"{key} {record[key]:.4f}")
         parts.append(f"{record['samples_per_s']:.0f} samples/s")
         prefix = "\r" if self.mode == "bar" else ""

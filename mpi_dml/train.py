@@ -22,7 +22,7 @@ from . import __version__, sharding
 from .comm import mpi_library
 from .dataset import load_training, standardization
 from .errors import AgreedError, UserError
-from .evaluation import prepare, split_metrics
+from .evaluation import finite_or_null, prepare, split_metrics
 from .model_io import save_model
 from .models import build_model, labels_for_loss
 from .optim import Optimizer, learning_rate
@@ -83,12 +83,12 @@ class Trainer:
                                   f"is {record['train_loss']}; lower --lr")
             if comm.is_root:
                 with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record, allow_nan=False) + "\n")
+                    fh.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
             progress.epoch(record)
 
         final = {key: v for key, v in record.items() if key.startswith(("train_", "val_"))}
         if comm.is_root:
-            save_model(out, model, params, self._meta(data, final), scale)
+            save_model(out, model, params, self._meta(data, finite_or_null(final)), scale)
         self.model, self.params = model, params
         return final
 
