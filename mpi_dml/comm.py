@@ -9,7 +9,6 @@ on errors, and streaming rows to rank 0. One process is simply a world of size 1
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import traceback
@@ -17,6 +16,7 @@ import traceback
 from mpi4py import MPI
 
 from .errors import AgreedError, UserError
+from .threads import allowed_cpus
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
@@ -43,7 +43,7 @@ class Comm:
         self.local_size = node_comm.Get_size()
         # Ranks bound to the same CPU set share those cores; ranks bound to their own
         # subsets (srun --cpu-bind, mpiexec -bind-to core) do not.
-        cpus = tuple(sorted(os.sched_getaffinity(0)))
+        cpus = allowed_cpus()
         self.ranks_sharing_cpus = sum(c == cpus for c in node_comm.allgather(cpus))
         leader = 1 if self.local_rank == 0 else 0
         leaders_below = self.exscan_int(leader)

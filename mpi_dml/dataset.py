@@ -98,6 +98,7 @@ def load_training(cfg, comm) -> TrainingData:
     names = [c for i, c in enumerate(table.columns) if i != label_at]
     block = table.read(lo, hi)
     rows = comm.agreed(split_block, block, label_at, cfg.data, lo, cfg.is_classifier, names)
+    del block  # a rank's rows are the largest thing it holds: keep one copy at a time
 
     comm.agreed(_check_fraction_possible, cfg, n_shards, table.n_rows)
     held_out = sharding.validation_shards(n_shards, cfg.val_fraction, cfg.seed)
@@ -106,8 +107,13 @@ def load_training(cfg, comm) -> TrainingData:
     comm.agreed(_check_split, cfg, int(shard_sizes.sum()), table.n_rows)
     mine = np.arange(s0, s1)
     take_train = np.repeat(~held_out[mine], sizes[mine])
-    train = Split(rows.x[take_train], rows.y[take_train])
-    val = Split(rows.x[~take_train], rows.y[~take_train]) if cfg.val_fraction > 0 else None
+    if take_train.all():
+        train, val = rows, None
+    else:
+        train = Split(rows.x[take_train], rows.y[take_train])
+        val = Split(rows.x[~take_train], rows.y[~take_train])
+    if cfg.val_fraction > 0 and val is None:
+        val = Split(rows.x[:0], rows.y[:0])  # this rank holds no validation shard
     n_val = table.n_rows - int(shard_sizes.sum()) if val is not None else 0
 
     if cfg.val_data:

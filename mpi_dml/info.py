@@ -15,13 +15,13 @@ from collections import Counter
 from . import __version__
 from .comm import mpi_library
 from .gpu import cupy_status
-from .threads import apply_threads, threads_per_rank
+from .threads import allowed_cpus, apply_threads, threads_per_rank
 
 
 def info_command(comm) -> dict:
     threads = apply_threads(threads_per_rank(0, comm.ranks_sharing_cpus))
     mine = {"rank": comm.rank, "host": comm.host, "node": comm.node,
-            "local_rank": comm.local_rank, "cpus_bound": len(os.sched_getaffinity(0))}
+            "local_rank": comm.local_rank, "cpus_bound": len(allowed_cpus())}
     ranks = comm.allgather(mine)
     report = {
         "mpi_dml": __version__,

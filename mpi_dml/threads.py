@@ -12,10 +12,17 @@ from __future__ import annotations
 import os
 
 
+def allowed_cpus() -> tuple:
+    """The CPUs this process may run on (all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
+
+
 def threads_per_rank(requested: int, ranks_sharing_cpus: int, *, environ=None,
                      cpus=None) -> int:
     environ = os.environ if environ is None else environ
-    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    cpus = len(allowed_cpus()) if cpus is None else cpus
     if requested > 0:
         return requested
     if environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
