@@ -120,7 +120,10 @@ def _run(args, comm) -> int:
         return 0
     if args.command == "train":
         from .train import Trainer
-        cfg = comm.agreed(_train_config, args)
+        cfg, notes = comm.agreed(_train_config, args)
+        if comm.is_root:
+            for note in notes:
+                print(f"mpi_dml: note: {note}", file=sys.stderr)
         Trainer(cfg, comm=comm).fit()
         return 0
     from .evaluation import evaluate_command, predict_command
@@ -135,12 +138,14 @@ def _run(args, comm) -> int:
 
 
 def _train_config(args):
-    from .config import build_config, load_toml
+    from .config import build_config, ignored_settings, load_toml
 
     file_values = load_toml(args.config) if args.config else {}
     flags = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
              for name in [*TRAIN_FLAGS, *BOOL_FLAGS]}
-    return build_config(file_values, flags)
+    cfg = build_config(file_values, flags)
+    given = set(file_values) | {k for k, v in flags.items() if v is not None}
+    return cfg, ignored_settings(cfg, given)
 
 
 if __name__ == "__main__":

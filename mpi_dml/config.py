@@ -171,6 +171,24 @@ def build_config(file_values: dict, flag_values: dict) -> TrainConfig:
     return cfg
 
 
+def ignored_settings(cfg: TrainConfig, given) -> list:
+    """Settings the user gave that this configuration does not use, as messages."""
+    rules = [
+        (("hidden", "activation"), cfg.model != "mlp", f"model {cfg.model} has no hidden layers"),
+        (("momentum", "nesterov"), cfg.optimizer != "sgd", f"they apply to sgd, not {cfg.optimizer}"),
+        (("beta1", "beta2", "eps"), cfg.optimizer == "sgd", "they apply to adam and adamw"),
+        (("step_epochs", "gamma"), cfg.schedule != "step", "they apply to the step schedule"),
+        (("num_classes",), cfg.model in ("logistic", "svm") or not cfg.is_classifier,
+         "the number of classes is fixed by the model"),
+    ]
+    notes = []
+    for names, unused, why in rules:
+        hit = [n for n in names if n in given]
+        if hit and unused:
+            notes.append(f"{', '.join(hit)} ignored: {why}")
+    return notes
+
+
 def _coerce(name, value, default):
     """Give a TOML/flag value the type of the field's default, or explain the mismatch."""
     if name == "hidden":

@@ -1,7 +1,7 @@
 """One validated config: merging, coercion and the parameter-naming error messages."""
 import pytest
 
-from mpi_dml.config import TrainConfig, build_config, load_toml
+from mpi_dml.config import TrainConfig, build_config, ignored_settings, load_toml
 from mpi_dml.errors import UserError
 
 BASE = {"data": "d.csv", "label_column": "label", "out": "o"}
@@ -73,3 +73,11 @@ def test_task_follows_model():
     assert cfg(model="mlp").task == "classification"
     with pytest.raises(UserError, match="'task' parameter"):
         cfg(model="softmax", task="regression").validate()
+
+
+def test_settings_that_do_not_apply_are_named():
+    c = cfg(model="softmax", optimizer="adam", hidden="32", momentum=0.9)
+    notes = ignored_settings(c, {"hidden", "momentum", "lr"})
+    assert notes == ["hidden ignored: model softmax has no hidden layers",
+                     "momentum ignored: they apply to sgd, not adam"]
+    assert ignored_settings(cfg(model="mlp"), {"hidden", "activation"}) == []
