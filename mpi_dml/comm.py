@@ -131,8 +131,17 @@ class Comm:
         self.agree(error)
         return result
 
+    def agreed_on_root(self, fn, *args, **kwargs):
+        """Like ``agreed``, but ``fn`` runs on rank 0 alone: for checks of what only
+        rank 0 writes (output paths), whose file system may differ from the others'."""
+        return self.agreed(fn if self.is_root else _nothing, *args, **kwargs)
+
     def abort(self, code: int = 1):
         self._comm.Abort(code)
+
+
+def _nothing(*_args, **_kwargs):
+    return None
 
 
 def mpi_library() -> dict:

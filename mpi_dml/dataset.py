@@ -53,10 +53,14 @@ def label_index(columns: list, label_column: str, path: str) -> int:
 def split_block(block, label_at, path, first_row, classification, names) -> Split:
     """Separate the label column and reject NaN/Inf features and bad labels.
 
-    ``names`` are the feature columns' names, for messages.
+    ``names`` are the feature columns' names, for messages. ``label_at`` None means the
+    block holds features only (predict); the labels are then zeros.
     """
-    y = block[:, label_at].copy()
-    x = np.ascontiguousarray(np.delete(block, label_at, axis=1))
+    if label_at is None:
+        x, y = np.ascontiguousarray(block), np.zeros(block.shape[0])
+    else:
+        y = block[:, label_at].copy()
+        x = np.delete(block, label_at, axis=1)
     bad = ~np.isfinite(x)
     if bad.any():
         r, c = np.argwhere(bad)[0]
@@ -107,13 +111,10 @@ def load_training(cfg, comm) -> TrainingData:
     comm.agreed(_check_split, cfg, int(shard_sizes.sum()), table.n_rows)
     mine = np.arange(s0, s1)
     take_train = np.repeat(~held_out[mine], sizes[mine])
-    if take_train.all():
-        train, val = rows, None
-    else:
+    train, val = rows, None
+    if cfg.val_fraction > 0:  # every rank gets a (possibly empty) validation split
         train = Split(rows.x[take_train], rows.y[take_train])
         val = Split(rows.x[~take_train], rows.y[~take_train])
-    if cfg.val_fraction > 0 and val is None:
-        val = Split(rows.x[:0], rows.y[:0])  # this rank holds no validation shard
     n_val = table.n_rows - int(shard_sizes.sum()) if val is not None else 0
 
     if cfg.val_data:

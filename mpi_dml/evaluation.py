@@ -72,12 +72,9 @@ def _read_for_model(loaded, path, comm, label_column, need_labels):
     comm.agreed(_check_features, features, loaded.feature_names, path)
     lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
     block = table.read(lo, hi)
-    if not need_labels:
-        # Replace any label column by zeros so only the features are checked.
-        if label_at is not None:
-            block = np.delete(block, label_at, axis=1)
-        label_at = block.shape[1]
-        block = np.column_stack([block, np.zeros(block.shape[0])])
+    if not need_labels and label_at is not None:
+        block = np.delete(block, label_at, axis=1)  # present but unused: never checked
+        label_at = None
     classify = need_labels and loaded.model.is_classifier
     split = comm.agreed(split_block, block, label_at, path, lo, classify, features)
     return split, lo
@@ -134,7 +131,7 @@ def evaluate_command(args, comm, kernels) -> dict:
 def predict_command(args, comm, kernels):
     """One CSV row per input row, in input order, written by rank 0."""
     loaded = comm.agreed(load_model, args.model)
-    comm.agreed(_check_output if comm.is_root else _nothing, args.output)
+    comm.agreed_on_root(_check_output, args.output)
     split, _ = _read_for_model(loaded, args.data, comm, loaded.info.get("label_column"),
                                need_labels=False)
     model, params = loaded.model, loaded.params
@@ -150,10 +147,6 @@ def predict_command(args, comm, kernels):
     with atomic_writer(args.output, "w") as fh:
         fh.write(_header(probs))
         comm.stream_to_root(text, fh.write)
-
-
-def _nothing(*_):
-    pass
 
 
 def _check_output(path):

@@ -45,7 +45,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg, comm = self.cfg, self.comm
         comm.agreed(cfg.validate, world_size=comm.size)
-        comm.agreed(check_out_dir if comm.is_root else _nothing, cfg.out)
+        comm.agreed_on_root(check_out_dir, cfg.out)
         apply_threads(threads_per_rank(cfg.threads, comm.ranks_sharing_cpus))
         k = self.kernels or _default_kernels(cfg.dtype)
         data = load_training(cfg, comm)
@@ -167,10 +167,6 @@ def check_out_dir(path):
     if not out.exists() and (parent is None or not parent.is_dir()
                              or not os.access(parent, os.W_OK | os.X_OK)):
         raise UserError(f"--out {path} cannot be created: {parent} is not a writable folder")
-
-
-def _nothing(*_):
-    pass
 
 
 def _default_kernels(dtype):
