@@ -41,8 +41,12 @@ setup(
         "test": ["pytest>=7", "scikit-learn>=1.3"],
         # PyTorch for the side-by-side DDP benchmark.
         "bench": ["torch>=2.0"],
-        # CUDA 12 build of CuPy; see README for other CUDA versions.
-        "gpu": ["cupy-cuda12x>=13"],
+        # --device gpu, for CUDA 12 (see README for other CUDA versions): CuPy with the
+        # CUDA libraries it loads (the ctk extra: cuBLAS, NVRTC, ...), the Numba CUDA
+        # target for the kernels, and NCCL for the gradient exchange between GPUs. Only
+        # the NVIDIA driver has to come from the system.
+        "gpu": ["cupy-cuda12x[ctk]>=14", "numba-cuda[cu12]>=0.30",
+                "nvidia-nccl-cu12>=2.18.1,<3"],
     },
     entry_points={"console_scripts": ["mpi-dml=mpi_dml.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
     $ python benchmarks/bench_train.py                          # 1 and 2 ranks, 5 repeats
     $ python benchmarks/bench_train.py --ranks 1,2,4 --steps 60 --repeats 7 --json out.json
+    $ python benchmarks/bench_train.py --device gpu             # on a GPU: see gpu_train.py
 
 The driver (plain ``python``, no MPI of its own) does, in order:
 
@@ -207,13 +208,26 @@ def profile_table(results, ranks) -> str:
                                                        for p in ranks], rows))
 
 
+# Defaults that differ between the CPU and the GPU benchmark.
+DEFAULTS = {"cpu": {"ranks": "1,2", "steps": 40, "epochs": 3, "repeats": 5},
+            "gpu": {"ranks": "1", "steps": None, "epochs": 5, "repeats": 3}}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ranks", default="1,2", help="comma-separated rank counts (default 1,2)")
-    ap.add_argument("--steps", type=int, default=40, help="steps per epoch (default 40)")
-    ap.add_argument("--epochs", type=int, default=3,
-                    help="epochs per run, the first one untimed (default 3, at least 2)")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats (default 5)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: against torch DDP on CPU cores (default); gpu: against torch "
+                         "on the same GPU, both MLPs (benchmarks/gpu_train.py)")
+    ap.add_argument("--ranks", help="comma-separated rank counts (default 1,2; gpu: 1)")
+    ap.add_argument("--steps", type=int,
+                    help="steps per epoch (default 40; gpu: 100 for mlp-784, 30 for mlp-4096)")
+    ap.add_argument("--epochs", type=int,
+                    help="epochs per run, the first one untimed (default 3, gpu 5; at least 2)")
+    ap.add_argument("--repeats", type=int, help="interleaved repeats (default 5; gpu: 3)")
+    ap.add_argument("--model", default="all", choices=("all", "mlp-784", "mlp-4096"),
+                    help="gpu: which MLP to time (default both)")
+    ap.add_argument("--gpu-exchange", default="auto",
+                    help="gpu: mpi_dml's --gpu-exchange for several ranks (default auto)")
     ap.add_argument("--json", default="", help="write every figure to this JSON file")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per launched run")
     ap.add_argument("--gemm-iters", type=int, default=20, help="GEMM passes per timing")
@@ -226,12 +240,16 @@ def parse_args(argv=None):
                          "(default 127.0.0.1: one node; give this host's name for several)")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the extra mpi_dml run that splits a step's time by phase")
-    ap.add_argument("--worker", choices=("mpi_dml", "torch", "gemm", "profile"),
+    ap.add_argument("--worker", choices=("mpi_dml", "torch", "gemm", "profile", "gpu_validate",
+                                         "gpu_mpi_dml", "gpu_torch", "gpu_gemm"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    for name, value in DEFAULTS[args.device].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.epochs < 2:
         ap.error("--epochs must be at least 2: the first epoch is warm-up and not timed")
     return args
@@ -239,11 +257,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.worker and args.worker.startswith("gpu_"):
+        import gpu_workers
+        getattr(gpu_workers, "worker_" + args.worker[len("gpu_"):])(args)
+        return 0
     if args.worker:
         workers = {"mpi_dml": worker_mpi_dml, "torch": worker_torch, "gemm": worker_gemm,
                    "profile": worker_profile}
         workers[args.worker](args)
         return 0
+    if args.device == "gpu":
+        import gpu_train
+        return gpu_train.drive(args)
     return drive(args)
 
 

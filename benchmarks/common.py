@@ -44,17 +44,19 @@ def worker_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_ranks(n: int, args, *, timeout: float, launcher: str = "") -> subprocess.CompletedProcess:
+def run_ranks(n: int, args, *, timeout: float, launcher: str = "",
+              env: dict | None = None) -> subprocess.CompletedProcess:
     """``mpiexec -n N python ARGS`` with one thread per rank; raises on failure.
 
     ``launcher`` replaces ``mpiexec -n N``: a command line with ``{n}`` for the rank
-    count, such as ``srun --mpi=pmi2 -n {n}`` inside a Slurm allocation.
+    count, such as ``srun --mpi=pmi2 -n {n}`` inside a Slurm allocation. ``env`` adds
+    variables to the ranks' environment.
     """
     prefix = ([part.format(n=n) for part in shlex.split(launcher)] if launcher
               else [mpiexec(), "-n", str(n)])
     cmd = [*prefix, sys.executable, *map(str, args)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                            env=worker_env(), cwd=ROOT)
+                            env=worker_env(env), cwd=ROOT)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with status {result.returncode}:\n"
                            f"{result.stdout}\n{result.stderr}")
@@ -78,6 +80,27 @@ def free_port() -> int:
 
 def median(values) -> float:
     return float(statistics.median(values))
+
+
+def training_summary(out) -> dict:
+    """What a worker reports of one mpi_dml run, from its metrics.jsonl (rank 0).
+
+    The first epoch is left out of the medians: it pays for compilation and caches.
+    Shares are of the epoch wall time, each the max over ranks (the Trainer's timers).
+    """
+    import json
+
+    records = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")]
+    timed = records[1:]
+    epoch_s = median([r["epoch_s"] for r in timed])
+    return {
+        "samples_per_s": median([r["samples_per_s"] for r in timed]),
+        "epochs_samples_per_s": [r["samples_per_s"] for r in records],
+        "compute_share": median([r["compute_s"] for r in timed]) / epoch_s,
+        "comm_share": median([r["comm_s"] for r in timed]) / epoch_s,
+        "data_share": median([r["data_s"] for r in timed]) / epoch_s,
+        "train_loss": records[-1]["train_loss"],
+    }
 
 
 def table(headers: list[str], rows: list[list]) -> str:

@@ -26,19 +26,19 @@ LR, MOMENTUM = 0.01, 0.9
 
 
 # --- the model's arithmetic ---------------------------------------------------------------
-def flops_per_sample() -> int:
+def flops_per_sample(layers=LAYERS) -> int:
     """Training FLOPs of one sample: forward, weight gradients, input gradients
     (every layer but the first, whose input gradient is never needed)."""
-    dense = sum(2 * a * b for a, b in LAYERS)
-    return dense + dense + sum(2 * a * b for a, b in LAYERS[1:])
+    dense = sum(2 * a * b for a, b in layers)
+    return dense + dense + sum(2 * a * b for a, b in layers[1:])
 
 
-def step_gemms(batch: int):
+def step_gemms(batch: int, layers=LAYERS):
     """(name, left shape, right shape, left transposed, right transposed) of every GEMM
     in one step, in the order and memory layout ``Model.loss_grad`` uses."""
-    out = [(f"fwd{i} x@W", (batch, a), (a, b), False, False) for i, (a, b) in enumerate(LAYERS)]
-    for i in reversed(range(len(LAYERS))):
-        a, b = LAYERS[i]
+    out = [(f"fwd{i} x@W", (batch, a), (a, b), False, False) for i, (a, b) in enumerate(layers)]
+    for i in reversed(range(len(layers))):
+        a, b = layers[i]
         out.append((f"wgrad{i} x.T@d", (batch, a), (batch, b), True, False))
         if i > 0:
             out.append((f"igrad{i} d@W.T", (batch, b), (a, b), False, True))
@@ -121,13 +121,13 @@ def validate(seed: int = 0) -> list[str]:
     return failures
 
 
-def torch_mlp():
+def torch_mlp(layers=LAYERS):
     import torch.nn as nn
 
     mods = []
-    for i, (a, b) in enumerate(LAYERS):
+    for i, (a, b) in enumerate(layers):
         mods.append(nn.Linear(a, b))
-        if i < len(LAYERS) - 1:
+        if i < len(layers) - 1:
             mods.append(nn.ReLU())
     return nn.Sequential(*mods)
 
@@ -148,18 +148,7 @@ def worker_mpi_dml(args):
     comm = Comm.world()
     Trainer(_engine_config(args, comm), comm=comm).fit()
     if comm.is_root:
-        records = [json.loads(line) for line in open(Path(args.out) / "metrics.jsonl")]
-        timed = records[1:]
-        epoch_s = common.median([r["epoch_s"] for r in timed])
-        print(json.dumps({
-            "samples_per_s": common.median([r["samples_per_s"] for r in timed]),
-            "epochs_samples_per_s": [r["samples_per_s"] for r in records],
-            # shares of the epoch wall time, each the max over ranks (Trainer's timers)
-            "compute_share": common.median([r["compute_s"] for r in timed]) / epoch_s,
-            "comm_share": common.median([r["comm_s"] for r in timed]) / epoch_s,
-            "data_share": common.median([r["data_s"] for r in timed]) / epoch_s,
-            "train_loss": records[-1]["train_loss"],
-        }))
+        print(json.dumps(common.training_summary(args.out)))
 
 
 class _TimedKernels:

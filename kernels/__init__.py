@@ -5,10 +5,11 @@ signatures and results:
 
 * ``reference`` - plain NumPy, written to be read; it defines what "correct" means.
 * ``cpu``       - Numba ``@njit`` kernels, serial and fused; the default.
+* ``cuda``      - Numba ``@cuda.jit`` kernels over device arrays (CuPy arrays on a
+                  GPU, NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``).
 
-GPU backends (``cuda`` for Numba-CUDA, ``cupy``) will be added as further modules
-and registered in ``_BACKENDS`` the same way. Backends are imported only when asked
-for, so importing this package neither loads Numba nor compiles anything.
+Backends are imported only when asked for, so importing this package neither loads
+Numba nor compiles anything.
 
     >>> k = get("cpu")
     >>> warm_up("cpu", np.float32)   # compile before timing starts
@@ -30,11 +31,11 @@ NAMES = (
 )
 
 # Backend name -> module name inside this package.
-_BACKENDS = {"reference": "reference", "cpu": "cpu"}
+_BACKENDS = {"reference": "reference", "cpu": "cpu", "cuda": "cuda"}
 
 
 def get(backend="cpu"):
-    """Return the kernel module for ``backend`` ("reference" or "cpu")."""
+    """Return the kernel module for ``backend`` ("reference", "cpu" or "cuda")."""
     if backend not in _BACKENDS:
         raise ValueError(
             f"unknown kernel backend {backend!r}; choose one of {', '.join(_BACKENDS)}"
@@ -47,30 +48,39 @@ def warm_up(backend, dtype):
 
     The argument types match what training passes (C-contiguous arrays, int64
     labels, uint8 decay masks), so the compiled versions are the ones reused later.
+    For "cuda" the arrays are put on the device first, as training's are.
     """
     kernels = get(backend)
     dtype = np.dtype(dtype)
+    put = _to_device if backend == "cuda" else np.asarray
     n, k = 2, 3
 
     def mat(cols):
-        return np.full((n, cols), 0.5, dtype=dtype)
+        return put(np.full((n, cols), 0.5, dtype=dtype))
 
     def vec(length):
-        return np.zeros(length, dtype=dtype)
+        return put(np.zeros(length, dtype=dtype))
 
     for activation in ("identity", "relu", "tanh"):
         out = mat(k)
         kernels.bias_act_forward(out, vec(k), activation)
         kernels.act_backward(mat(k), out, activation, vec(k))
-    kernels.softmax_xent(mat(k), np.zeros(n, dtype=np.int64), vec(k))
-    targets = np.array([0.0, 1.0], dtype=dtype)
+    kernels.softmax_xent(mat(k), put(np.zeros(n, dtype=np.int64)), vec(k))
+    targets = put(np.array([0.0, 1.0], dtype=dtype))
     kernels.logistic_loss_grad(mat(1), targets, vec(1))
     kernels.hinge_loss_grad(mat(1), targets, vec(1))
     kernels.squared_loss_grad(mat(k), mat(k), vec(k))
 
-    mask = np.ones(k, dtype=np.uint8)
+    mask = put(np.ones(k, dtype=np.uint8))
     for momentum, nesterov in ((0.0, False), (0.9, True)):
         kernels.sgd_update(vec(k), vec(k), vec(k), 0.1, momentum, nesterov, 0.0, 0.0, mask)
     for decoupled in (False, True):
         kernels.adam_update(vec(k), vec(k), vec(k), vec(k), 1e-3, 0.9, 0.999, 1e-8, 1,
                             0.0, decoupled, 0.0, mask)
+
+
+def _to_device(array):
+    """A Numba device copy of ``array``: the same kernel argument types as CuPy's."""
+    from numba import cuda
+
+    return cuda.to_device(array)

@@ -13,9 +13,10 @@ rank; any other failure on any rank aborts the whole job.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from .errors import EXIT_USER_ERROR, AgreedError, UserError
+from .errors import EXIT_USER_ERROR, AgreedError, Preempted, UserError
 
 # Flag -> (type, help). Names match TrainConfig fields and TOML keys.
 TRAIN_FLAGS = {
@@ -48,6 +49,14 @@ TRAIN_FLAGS = {
     "threads": (int, "threads per rank (0: cores / ranks on the node)"),
     "progress": (str, "auto, bar, lines or none"),
     "out": (str, "output folder for the model and metrics"),
+    "device": (str, "cpu, gpu, or auto (the GPU when CuPy sees one)"),
+    "gpu-exchange": (str, "GPU gradient exchange: auto, nccl, cuda-aware or host"),
+    "checkpoint-every": (str, "checkpoint every N steps, or every 90s/10m/2h"),
+    "keep": (int, "checkpoints to keep (default 3)"),
+    "grace": (float, "seconds after SIGTERM/SIGUSR1 to checkpoint before exiting anyway"),
+    "stall-timeout": (float, "abort when a collective waits longer than this (0: never)"),
+    "check-every": (int, "compare parameter checksums across ranks every N steps (0: never)"),
+    "nonfinite": (str, "on a non-finite gradient: abort (default) or skip the step"),
 }
 BOOL_FLAGS = {"standardize": "scale features to zero mean and unit variance",
               "nesterov": "Nesterov momentum (sgd)"}
@@ -64,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in BOOL_FLAGS.items():
         train.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
                            help=text)
+    train.add_argument("--resume", nargs="?", const="latest", default=None,
+                       metavar="auto|latest|PATH",
+                       help="continue from a checkpoint: alone or 'latest', the newest in --out; "
+                            "'auto', that one if there is one, else start fresh; or a file")
 
     ev = sub.add_parser("evaluate", help="print metrics of a saved model as JSON")
     ev.add_argument("--model", required=True, help="folder written by train")
@@ -90,18 +103,27 @@ class _RootParser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    from .comm import Comm, install_abort_hook
+    from .comm import Comm, install_abort_hook, launcher_mismatch
 
     install_abort_hook()
     comm = Comm.world()
+    mismatch = launcher_mismatch(comm.size)
+    if mismatch:
+        if os.environ.get("SLURM_PROCID", "0") == "0":  # every task is a rank 0 here
+            print(f"mpi_dml: error: {mismatch}", file=sys.stderr)
+        return EXIT_USER_ERROR
     _RootParser.quiet = not comm.is_root
     args = build_parser().parse_args(argv)
     try:
         return _run(args, comm)
+    except Preempted as exc:
+        if comm.is_root:
+            print(f"mpi_dml: {exc}", file=sys.stderr)
+        return exc.exit_code
     except AgreedError as exc:
         if comm.is_root:
             print(f"mpi_dml: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exc.exit_code
     except UserError as exc:
         # Found on this rank alone, outside an agreed phase: the others may be waiting
         # in a collective, so the job must end here.
@@ -119,12 +141,16 @@ def _run(args, comm) -> int:
         info_command(comm)
         return 0
     if args.command == "train":
+        from .preemption import ignore_stop_signals
         from .train import Trainer
         cfg, notes = comm.agreed(_train_config, args)
         if comm.is_root:
             for note in notes:
                 print(f"mpi_dml: note: {note}", file=sys.stderr)
         Trainer(cfg, comm=comm).fit()
+        # Done and written: a stop signal now (Slurm's --signal firing late) must not
+        # turn the finished job into a failure on its way out.
+        ignore_stop_signals()
         return 0
     from .evaluation import evaluate_command, predict_command
     from .kernels import get
@@ -142,7 +168,7 @@ def _train_config(args):
 
     file_values = load_toml(args.config) if args.config else {}
     flags = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
-             for name in [*TRAIN_FLAGS, *BOOL_FLAGS]}
+             for name in [*TRAIN_FLAGS, *BOOL_FLAGS, "resume"]}
     cfg = build_config(file_values, flags)
     given = set(file_values) | {k for k, v in flags.items() if v is not None}
     return cfg, ignored_settings(cfg, given)

@@ -9,9 +9,11 @@ on errors, and streaming rows to rank 0. One process is simply a world of size 1
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import traceback
+from contextlib import nullcontext
 
 from mpi4py import MPI
 
@@ -33,6 +35,9 @@ class Comm:
 
     def __init__(self, mpi_comm):
         self._comm = mpi_comm
+        # Set by the trainer while a stall watchdog runs (see watchdog.py): every
+        # collective below then tells it which operation this rank is waiting in.
+        self.watchdog = None
         self.rank = mpi_comm.Get_rank()
         self.size = mpi_comm.Get_size()
         self.host = socket.gethostname()
@@ -60,18 +65,33 @@ class Comm:
     def is_root(self) -> bool:
         return self.rank == 0
 
+    def watched(self, operation: str):
+        """Context in which this rank waits for the others (for the stall watchdog)."""
+        if self.watchdog is None or self.size == 1:
+            return nullcontext()
+        return self.watchdog.waiting_in(operation)
+
     # --- collectives on numpy buffers -------------------------------------------------
-    def allreduce_(self, buf, op: str = "sum"):
+    def allreduce_(self, buf, op: str = "sum", *, what: str = "values"):
         """Reduce ``buf`` across ranks in place and return it."""
         if self.size > 1:
-            self._comm.Allreduce(MPI.IN_PLACE, buf, op=_OPS[op])
+            with self.watched(f"Allreduce({what})"):
+                self._comm.Allreduce(MPI.IN_PLACE, buf, op=_OPS[op])
         return buf
 
-    def bcast_(self, buf, root: int = 0):
+    def bcast_(self, buf, root: int = 0, *, what: str = "values"):
         """Overwrite ``buf`` on every rank with its contents on ``root``."""
         if self.size > 1:
-            self._comm.Bcast(buf, root=root)
+            with self.watched(f"Bcast({what})"):
+                self._comm.Bcast(buf, root=root)
         return buf
+
+    def bcast_obj(self, obj, root: int = 0, *, what: str = "values"):
+        """``root``'s small Python object (a dict of settings, a path) on every rank."""
+        if self.size == 1:
+            return obj
+        with self.watched(f"Bcast({what})"):
+            return self._comm.bcast(obj, root=root)
 
     def exscan_int(self, value: int) -> int:
         """Sum of ``value`` over lower ranks (0 on rank 0)."""
@@ -81,14 +101,22 @@ class Comm:
         return 0 if out is None else int(out)
 
     def allreduce_int(self, value: int, op: str = "sum") -> int:
-        return int(self._comm.allreduce(int(value), op=_OPS[op]))
+        with self.watched("Allreduce(flag)"):
+            return int(self._comm.allreduce(int(value), op=_OPS[op]))
 
-    def allgather(self, obj) -> list:
+    def allgather(self, obj, *, what: str = "values") -> list:
         """Gather a small Python object (counts, names) from every rank."""
-        return self._comm.allgather(obj)
+        with self.watched(f"Allgather({what})"):
+            return self._comm.allgather(obj)
 
     def barrier(self):
-        self._comm.Barrier()
+        with self.watched("Barrier"):
+            self._comm.Barrier()
+
+    def side_channel(self) -> "SideChannel":
+        """Collective: a private duplicate communicator for messages sent from a
+        helper thread (the watchdog) while the main thread is inside a collective."""
+        return SideChannel(self._comm.Dup())
 
     # --- streaming to rank 0 ------------------------------------------------------------
     def stream_to_root(self, chunk, consume):
@@ -111,7 +139,7 @@ class Comm:
         The message is the lowest failing rank's. When only some ranks failed it names
         the rank and host, since the problem is in that rank's part of the input.
         """
-        errors = self._comm.allgather(None if error is None else (error, self.host))
+        errors = self.allgather(None if error is None else (error, self.host), what="errors")
         failed = [(r, e) for r, e in enumerate(errors) if e is not None]
         if not failed:
             return
@@ -144,6 +172,58 @@ def _nothing(*_args, **_kwargs):
     return None
 
 
+class SideChannel:
+    """Point-to-point messages on a communicator of their own, safe to use from a
+    second thread (mpi4py initialises MPI with MPI_THREAD_MULTIPLE)."""
+
+    def __init__(self, mpi_comm):
+        self._comm = mpi_comm
+        self.rank = mpi_comm.Get_rank()
+        self.size = mpi_comm.Get_size()
+
+    def post_receive(self, tag: int, source: int | None = None):
+        """A pending receive of one small object; poll it with ``poll``."""
+        return self._comm.irecv(source=MPI.ANY_SOURCE if source is None else source, tag=tag)
+
+    @staticmethod
+    def poll(request):
+        """(True, (source, message)) once ``request`` has completed, else (False, None)."""
+        status = MPI.Status()
+        done, message = request.test(status)
+        return (True, (status.Get_source(), message)) if done else (False, None)
+
+    def send(self, obj, dest: int, tag: int):
+        """Start sending; the returned request completes once the message has left."""
+        return self._comm.isend(obj, dest=dest, tag=tag)
+
+    @staticmethod
+    def cancel(request):
+        try:
+            request.Cancel()
+            request.Wait()
+        except MPI.Exception:
+            pass
+
+    def abort(self, code: int):
+        MPI.COMM_WORLD.Abort(code)
+
+    def free(self):
+        self._comm.Free()
+
+
+def launcher_mismatch(world_size: int, environ=os.environ) -> str | None:
+    """Why this process should not run: Slurm started N > 1 tasks but MPI sees a
+    world of 1, i.e. ``srun`` ran without MPI wire-up (``--mpi=none``, its default on
+    many sites) and every task would train alone on all the data."""
+    tasks = environ.get("SLURM_STEP_NUM_TASKS")
+    if world_size != 1 or not tasks or not tasks.isdigit() or int(tasks) <= 1:
+        return None
+    return (f"Slurm started {tasks} tasks, but MPI sees a world of 1 in each: srun did not "
+            f"connect them (its --mpi=none default). Launch with `srun --mpi=pmi2` for the "
+            f"MPICH wheel from PyPI, or `srun --mpi=pmix` for Open MPI; `srun --mpi=list` "
+            f"shows what this cluster offers.")
+
+
 def mpi_library() -> dict:
     """What MPI this process runs on, for `info` and model metadata."""
     return {
@@ -151,6 +231,12 @@ def mpi_library() -> dict:
         "standard": "%d.%d" % MPI.Get_version(),
         "mpi4py": __import__("mpi4py").__version__,
     }
+
+
+def mpi_library_version() -> str:
+    """The MPI library's own version text (MPI_Get_library_version), from which
+    ``cuda_aware_mpi`` tells the vendor."""
+    return MPI.Get_library_version()
 
 
 def install_abort_hook():

@@ -23,6 +23,9 @@ ACTIVATIONS = ("relu", "tanh")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 DTYPES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "gpu")
+GPU_EXCHANGES = ("auto", "nccl", "cuda-aware", "host")
+NONFINITE = ("abort", "skip")
 
 
 @dataclass
@@ -58,6 +61,15 @@ class TrainConfig:
     shards: int = 1024            # virtual shards; fixes batches independently of ranks
     threads: int = 0              # threads per rank for BLAS/Numba; 0: cores / ranks on node
     progress: str = "auto"        # auto (bar on a terminal), bar, lines, none
+    device: str = "auto"          # cpu, gpu, or auto (the GPU when CuPy sees one on every rank)
+    gpu_exchange: str = "auto"    # gpu gradient exchange: auto, nccl, cuda-aware or host staging
+    checkpoint_every: str = ""    # "" off; "500" steps; "90s", "10m", "2h" wall time
+    keep: int = 3                 # checkpoints kept; older ones go once a newer one is in place
+    resume: str = ""              # "" fresh; "latest" (must exist) or "auto" in --out; or a path
+    grace: float = 60.0           # seconds after SIGTERM/SIGUSR1 to checkpoint before exiting anyway
+    stall_timeout: float = 900.0  # abort when a collective waits longer than this (0: never)
+    check_every: int = 200        # compare parameter checksums across ranks every N steps (0: never)
+    nonfinite: str = "abort"      # non-finite gradient: abort, or skip the step
 
     def __post_init__(self):
         if isinstance(self.hidden, str):
@@ -108,6 +120,14 @@ class TrainConfig:
         _check(self.shards >= 1, "shards", "be >= 1", self.shards)
         _check(self.threads >= 0, "threads", "be >= 0", self.threads)
         _check(0 <= self.seed < 2**63, "seed", "be in [0, 2**63)", self.seed)
+        _choice(self, "device", DEVICES)
+        _choice(self, "gpu_exchange", GPU_EXCHANGES)
+        _choice(self, "nonfinite", NONFINITE)
+        parse_interval(self.checkpoint_every)
+        _check(self.keep >= 1, "keep", "be >= 1", self.keep)
+        _check(self.grace > 0, "grace", "be > 0", self.grace)
+        _check(self.stall_timeout >= 0, "stall_timeout", "be >= 0 (0: no watchdog)", self.stall_timeout)
+        _check(self.check_every >= 0, "check_every", "be >= 0 (0: never)", self.check_every)
         if self.model == "mlp":
             _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
                    "be a list of positive widths", ",".join(map(str, self.hidden)))
@@ -135,6 +155,27 @@ def parse_int_list(text: str, name: str) -> tuple:
     except ValueError:
         raise UserError(f"The '{name}' parameter of TrainConfig must be comma-separated "
                         f"integers such as 512,256. Got {text!r} instead.") from None
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_interval(text: str):
+    """``checkpoint_every`` as ("steps", n), ("seconds", t) or None when off."""
+    text = str(text).strip().lower()
+    if not text:
+        return None
+    try:
+        if text[-1] in _UNITS:
+            seconds = float(text[:-1]) * _UNITS[text[-1]]
+            if seconds > 0 and math.isfinite(seconds):
+                return ("seconds", seconds)
+        elif int(text) >= 1:
+            return ("steps", int(text))
+    except ValueError:
+        pass
+    raise UserError("The 'checkpoint_every' parameter of TrainConfig must be a number of steps "
+                    f"(500) or a time such as 90s, 10m or 2h. Got {text!r} instead.")
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}

@@ -8,6 +8,12 @@ crash, and ends the whole job through MPI_Abort (see ``comm.install_abort_hook``
 """
 
 EXIT_USER_ERROR = 2
+# Stopped by SIGTERM/SIGUSR1 after writing a checkpoint: run again with --resume.
+# 75 is EX_TEMPFAIL from sysexits.h, "try again later"; job scripts requeue on it.
+EXIT_PREEMPTED = 75
+# Ranks disagreed (parameter checksums) or the gradient went non-finite: not an input
+# problem, and not worth a requeue.
+EXIT_TRAINING_FAILED = 3
 
 
 class UserError(Exception):
@@ -16,3 +22,17 @@ class UserError(Exception):
 
 class AgreedError(UserError):
     """A UserError that every rank has learned about; all ranks raise it together."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class TrainingFailed(AgreedError):
+    """Every rank knows training cannot go on (divergence, non-finite gradients)."""
+
+    exit_code = EXIT_TRAINING_FAILED
+
+
+class Preempted(AgreedError):
+    """Every rank stopped at the same step on a signal and the checkpoint is written."""
+
+    exit_code = EXIT_PREEMPTED

@@ -17,6 +17,7 @@ import numpy as np
 from . import sharding
 from .dataset import check_labels, split_block
 from .errors import UserError
+from .gpu import array_module
 from .model_io import atomic_writer, load_model
 from .models import labels_for_loss, predictions
 from .sources import open_table
@@ -25,12 +26,17 @@ EVAL_CHUNK = 8192  # rows per forward pass: bounds memory whatever the shard siz
 
 
 def split_metrics(model, params, x, y, kernels, comm, *, standardize=None) -> dict:
-    """Loss and accuracy (classifiers) or mse/r2 (regression) over every rank's rows."""
+    """Loss and accuracy (classifiers) or mse/r2 (regression) over every rank's rows.
+
+    ``x`` and ``y`` are host arrays; ``params`` and ``kernels`` may be on a GPU, in
+    which case each chunk of rows is copied there. The metrics are host floats.
+    """
+    xp = array_module(params)
     dtype = params.dtype
     loss = correct = 0.0
     for lo in range(0, x.shape[0], EVAL_CHUNK):
-        xb = prepare(x[lo:lo + EVAL_CHUNK], dtype, standardize)
-        yb = labels_for_loss(model, y[lo:lo + EVAL_CHUNK], dtype)
+        xb = prepare(x[lo:lo + EVAL_CHUNK], dtype, standardize, xp=xp)
+        yb = xp.asarray(labels_for_loss(model, y[lo:lo + EVAL_CHUNK], dtype))
         l, c, _ = model.evaluate(params, xb, yb, kernels)
         loss, correct = loss + l, correct + c
     loss, correct, n, sum_y = comm.allreduce_(np.array([loss, correct, y.size, y.sum()]))
@@ -52,11 +58,12 @@ def finite_or_null(record: dict) -> dict:
             for k, v in record.items()}
 
 
-def prepare(x, dtype, standardize):
-    """Features as the model takes them: standardized (in float64), then cast."""
+def prepare(x, dtype, standardize, *, xp=np):
+    """Features as the model takes them: standardized (in float64), then cast, on the
+    host; then moved to ``xp``'s device (no copy for numpy)."""
     if standardize is not None:
         x = (x - standardize[0]) / standardize[1]
-    return np.ascontiguousarray(x, dtype=dtype)
+    return xp.asarray(np.ascontiguousarray(x, dtype=dtype))
 
 
 def _read_for_model(loaded, path, comm, label_column, need_labels):

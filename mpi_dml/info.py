@@ -4,7 +4,9 @@
 
 Use it first on a new cluster: a world size of 1 under ``srun -n 4`` means srun started
 four separate jobs (add ``--mpi=pmi2``); ``threads_per_rank`` shows whether ranks on a
-node will fight over its cores.
+node will fight over its cores. ``gpu`` says whether ``--device gpu`` can run, which
+GPU each rank would use, and which gradient exchange ``--gpu-exchange auto`` would pick
+and why.
 """
 from __future__ import annotations
 
@@ -14,14 +16,15 @@ from collections import Counter
 
 from . import __version__
 from .comm import mpi_library
-from .gpu import cupy_status
+from .gpu import gpu_report
 from .threads import allowed_cpus, apply_threads, threads_per_rank
 
 
 def info_command(comm) -> dict:
     threads = apply_threads(threads_per_rank(0, comm.ranks_sharing_cpus))
+    gpu, my_gpu = gpu_report(comm)
     mine = {"rank": comm.rank, "host": comm.host, "node": comm.node,
-            "local_rank": comm.local_rank, "cpus_bound": len(allowed_cpus())}
+            "local_rank": comm.local_rank, "cpus_bound": len(allowed_cpus()), **my_gpu}
     ranks = comm.allgather(mine)
     report = {
         "mpi_dml": __version__,
@@ -31,7 +34,7 @@ def info_command(comm) -> dict:
         "ranks_per_node": dict(sorted(Counter(r["host"] for r in ranks).items())),
         "threads": threads,
         "slurm_ntasks": os.environ.get("SLURM_NTASKS"),
-        "gpu": cupy_status(),
+        "gpu": gpu,
         "ranks": ranks,
     }
     if comm.is_root:

@@ -10,12 +10,18 @@ backward can then send growing prefixes without copying into separate buckets.
 Losses and gradients are *sums* over the rows given, never means: the trainer divides
 by the true global batch count after the Allreduce, so ranks with uneven or empty
 shares weigh in exactly.
+
+The same code runs on NumPy arrays (CPU) and CuPy arrays (GPU): the array module
+comes from the parameter buffer, and dense products go through ``xp.matmul`` (BLAS on
+the CPU, cuBLAS on the GPU).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from .gpu import array_module
 
 # loss name -> the kernel that turns outputs into loss and dLoss/dz
 LOSSES = {
@@ -87,7 +93,9 @@ class Model:
 
     def init(self, flat: np.ndarray, seed: int):
         """Linear models start at zero (convex, so nothing to break); MLP layers get
-        He (ReLU) or Glorot (tanh, output) uniform weights from ``seed``."""
+        He (ReLU) or Glorot (tanh, output) uniform weights from ``seed``, drawn on the
+        host so every device starts from the same values."""
+        xp = array_module(flat)
         flat[:] = 0
         if self.kind != "mlp":
             return
@@ -97,14 +105,15 @@ class Model:
                 bound = np.sqrt(6.0 / layer.n_in)
             else:
                 bound = np.sqrt(6.0 / (layer.n_in + layer.n_out))
-            w[:] = rng.uniform(-bound, bound, size=w.shape)
+            w[:] = xp.asarray(rng.uniform(-bound, bound, size=w.shape))
 
     # --- compute --------------------------------------------------------------------
     def forward(self, params: np.ndarray, x: np.ndarray, k) -> list[np.ndarray]:
         """Activations of every layer (x first, output pre-loss last)."""
+        xp = array_module(params)
         acts = [x]
         for (w, b), layer in zip(self.views(params), self.layers):
-            z = acts[-1] @ w
+            z = xp.matmul(acts[-1], w)
             k.bias_act_forward(z, b, layer.activation)
             acts.append(z)
         return acts
@@ -114,6 +123,7 @@ class Model:
 
         Returns (loss summed over rows, correctly classified rows; 0 for regression).
         """
+        xp = array_module(params)
         acts = self.forward(params, x, k)
         pviews, gviews = self.views(params), self.views(grads)
         out = acts[-1]
@@ -125,10 +135,10 @@ class Model:
         delta = out  # the loss kernel turned the output into dLoss/dz in place
         for i in reversed(range(len(self.layers))):
             gw, gb = gviews[i]
-            np.matmul(acts[i].T, delta, out=gw)
+            xp.matmul(acts[i].T, delta, out=gw)
             if i == 0:
                 break
-            upstream = delta @ pviews[i][0].T
+            upstream = xp.matmul(delta, pviews[i][0].T)
             k.act_backward(upstream, acts[i], self.layers[i - 1].activation, gviews[i - 1][1])
             delta = upstream
         return float(loss), int(correct)
@@ -141,7 +151,7 @@ class Model:
         """(loss sum, correct count, raw outputs) without touching any gradient."""
         raw = self.predict_raw(params, x, k)
         scratch = raw.copy()
-        bias_grad = np.empty(self.n_outputs, dtype=raw.dtype)
+        bias_grad = array_module(raw).empty(self.n_outputs, dtype=raw.dtype)
         if self.loss == "squared":
             return float(k.squared_loss_grad(scratch, y, bias_grad)), 0, raw
         loss, correct = getattr(k, LOSSES[self.loss])(scratch, y, bias_grad)
@@ -175,15 +185,16 @@ def labels_for_loss(model: Model, y: np.ndarray, dtype) -> np.ndarray:
 
 def predictions(model: Model, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(predicted labels or values, class probabilities or None) from raw outputs."""
+    xp = array_module(raw)
     if model.loss == "squared":
         return raw[:, 0], None
     if model.loss == "softmax":
         shifted = raw - raw.max(axis=1, keepdims=True)
-        p = np.exp(shifted)
+        p = xp.exp(shifted)
         p /= p.sum(axis=1, keepdims=True)
         return raw.argmax(axis=1), p
     positive = raw[:, 0] > 0
     if model.loss == "logistic":
-        p1 = 1.0 / (1.0 + np.exp(-raw[:, 0]))
-        return positive.astype(np.int64), np.stack([1 - p1, p1], axis=1)
+        p1 = 1.0 / (1.0 + xp.exp(-raw[:, 0]))
+        return positive.astype(np.int64), xp.stack([1 - p1, p1], axis=1)
     return positive.astype(np.int64), None

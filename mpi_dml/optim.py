@@ -36,21 +36,23 @@ class Optimizer:
     """SGD (momentum, Nesterov), Adam or AdamW over one flat parameter buffer.
 
     State buffers have the parameter buffer's layout, so a checkpoint can store them
-    as flat arrays and restore them on any number of ranks.
+    as flat arrays and restore them on any number of ranks. ``xp`` is the array module
+    of the parameters (numpy, or cupy on a GPU): the state and the decay mask live
+    where the parameters do.
     """
 
-    def __init__(self, cfg, decay_mask: np.ndarray, kernels):
+    def __init__(self, cfg, decay_mask: np.ndarray, kernels, xp=np):
         self.cfg = cfg
         self.kind = cfg.optimizer
-        self.mask = decay_mask
+        self.mask = xp.asarray(decay_mask)  # no copy when it is there already
         self.k = kernels
         self.step_count = 0
         n = decay_mask.size
         dtype = np.dtype(cfg.dtype)
         if self.kind == "sgd":
-            self.state = {"velocity": np.zeros(n, dtype=dtype)}
+            self.state = {"velocity": xp.zeros(n, dtype=dtype)}
         else:
-            self.state = {"m": np.zeros(n, dtype=dtype), "v": np.zeros(n, dtype=dtype)}
+            self.state = {"m": xp.zeros(n, dtype=dtype), "v": xp.zeros(n, dtype=dtype)}
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float):
         c = self.cfg

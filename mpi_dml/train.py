@@ -11,133 +11,290 @@ or from Python, with a communicator the caller owns:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, sharding
+from . import __version__, consistency, resume, sharding
+from .checkpoint import CheckpointState, model_description
 from .comm import mpi_library
+from .config import parse_interval
 from .dataset import load_training, standardization
-from .errors import AgreedError, UserError
+from .device import select_device
+from .errors import AgreedError, Preempted, TrainingFailed, UserError
 from .evaluation import finite_or_null, prepare, split_metrics
-from .model_io import save_model
+from .model_io import atomic_write, save_model
 from .models import build_model, labels_for_loss
 from .optim import Optimizer, learning_rate
+from .preemption import StopRequest
 from .progress import Progress
 from .threads import apply_threads, threads_per_rank
+from .watchdog import Watchdog
+
+
+# Trailing slots of the gradient buffer that ride along in its Allreduce, so the ranks
+# agree on what to do after each step without a collective of their own.
+STOP, CHECKPOINT, CONTROL_SLOTS = 0, 1, 2
 
 
 class Trainer:
     """Trains ``cfg``'s model on ``cfg``'s data across the ranks of ``comm``.
 
-    ``fit`` is collective: every rank calls it. Rank 0 writes the model, the metrics
-    and the progress; the result (final metrics) is the same on every rank.
+    ``fit`` is collective: every rank calls it. Rank 0 writes the model, the metrics,
+    the checkpoints and the progress; the result (final metrics) is the same on every
+    rank. ``kernels`` (a kernel module) or ``device`` (a ``device.CpuDevice``-like
+    object) replace the ones ``cfg`` would pick.
     """
 
-    def __init__(self, cfg, *, comm, kernels=None):
+    def __init__(self, cfg, *, comm, kernels=None, device=None):
         self.cfg = cfg
         self.comm = comm
         self.kernels = kernels
+        self.device = device
 
     def fit(self) -> dict:
         cfg, comm = self.cfg, self.comm
         comm.agreed(cfg.validate, world_size=comm.size)
         comm.agreed_on_root(check_out_dir, cfg.out)
         apply_threads(threads_per_rank(cfg.threads, comm.ranks_sharing_cpus))
-        k = self.kernels or _default_kernels(cfg.dtype)
-        data = load_training(cfg, comm)
-        dtype = np.dtype(cfg.dtype)
-
-        scale = standardization(data.train.x, comm) if cfg.standardize else None
-        x_train = prepare(data.train.x, dtype, scale)
-        data.train.x = None  # x_train replaces it; do not hold the rank's rows twice
-        model = build_model(cfg.model, cfg.task, x_train.shape[1], data.n_classes,
-                            cfg.hidden, cfg.activation)
-        y_train = labels_for_loss(model, data.train.y, dtype)
-
-        params = np.zeros(model.size, dtype=dtype)
-        if comm.is_root:
-            model.init(params, cfg.seed)
-        comm.bcast_(params)  # every rank starts from rank 0's parameters, bit for bit
-        grads = np.zeros(model.size, dtype=dtype)
-        opt = Optimizer(cfg, model.decay_mask(), k)
-
-        steps = sharding.steps_per_epoch(data.n_train, cfg.batch_size)
-        total_steps = steps * cfg.epochs
-        progress = Progress(cfg.progress, cfg.epochs, steps, enabled=comm.is_root)
-        out = Path(cfg.out)
-        if comm.is_root:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.jsonl").write_text("")
-        record = {}
-        for epoch in range(cfg.epochs):
-            record = self._epoch(epoch, model, params, grads, opt, x_train, y_train, data,
-                                 k, steps, total_steps, progress)
-            record.update(self._validate(model, params, data, scale, k))
-            if not np.isfinite(record["train_loss"]):
-                # The loss is reduced over all ranks, so every rank stops here together.
-                raise AgreedError(f"training diverged in epoch {epoch + 1}: the training loss "
-                                  f"is {record['train_loss']}; lower --lr")
-            if comm.is_root:
-                with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
-            progress.epoch(record)
-
-        final = {key: v for key, v in record.items() if key.startswith(("train_", "val_"))}
-        if comm.is_root:
-            save_model(out, model, params, self._meta(data, finite_or_null(final)), scale)
-        self.model, self.params = model, params
+        dev = self.device or select_device(cfg.device, comm, cfg.dtype, kernels=self.kernels,
+                                           exchange=cfg.gpu_exchange)
+        self.dev = dev
+        try:
+            data = self.data = load_training(cfg, comm)
+            resumed = resume.find_and_read(cfg, comm)
+            self._setup(data, resumed)
+            with StopRequest(cfg.grace, comm.abort) as stop:
+                self.stop = stop
+                with self._watchdog():
+                    final = self._train(data, resumed)
+                # A signal from here on comes too late to matter: the model is next.
+                if comm.is_root:
+                    save_model(cfg.out, self.model, dev.to_host(self.params),
+                               self._meta(data, finite_or_null(final)), self.scale)
+        finally:
+            dev.close()  # NCCL communicators, pinned buffers, the prefetch thread
         return final
 
-    def _epoch(self, epoch, model, params, grads, opt, x, y, data, k, steps, total_steps,
-               progress) -> dict:
+    # --- setting up -----------------------------------------------------------------
+    def _setup(self, data, resumed):
+        cfg, comm, dev = self.cfg, self.comm, self.dev
+        dtype = np.dtype(cfg.dtype)
+        model = build_model(cfg.model, cfg.task, len(data.feature_names), data.n_classes,
+                            cfg.hidden, cfg.activation)
+        self.model = model
+        self.params = dev.zeros(model.size, dtype)
+        # The gradient buffer carries CONTROL_SLOTS extra values after the gradient.
+        self.grads = dev.zeros(model.size + CONTROL_SLOTS, dtype)
+        self.opt = Optimizer(cfg, dev.from_host(model.decay_mask()), dev.kernels, xp=dev.xp)
+        if resumed is not None:
+            # Checked before anything from the checkpoint is used on this data.
+            resume.check_and_restore(resumed, cfg, comm, model, data, self.params, self.opt, dev)
+            self.scale = resumed.standardize  # as first computed: bit-identical batches
+        else:
+            host = np.zeros(model.size, dtype=dtype)
+            if comm.is_root:
+                model.init(host, cfg.seed)
+            comm.bcast_(host, what="initial parameters")  # rank 0's, bit for bit
+            self.params[...] = dev.from_host(host)
+            self.scale = standardization(data.train.x, comm) if cfg.standardize else None
+        self.x = prepare(data.train.x, dtype, self.scale)
+        data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
+        self.y = labels_for_loss(model, data.train.y, dtype)
+
+    def _watchdog(self):
+        if not self.cfg.stall_timeout or self.comm.size == 1:
+            return contextlib.nullcontext()
+        return _watching(self.comm, Watchdog(self.comm, self.cfg.stall_timeout))
+
+    # --- the loop -------------------------------------------------------------------
+    def _train(self, data, resumed) -> dict:
         cfg, comm = self.cfg, self.comm
+        steps = sharding.steps_per_epoch(data.n_train, cfg.batch_size)
+        self.steps, self.total_steps = steps, steps * cfg.epochs
+        self.history = list(resumed.state.history) if resumed and comm.is_root else []
+        first_epoch, first_step = (resumed.epoch, resumed.step_in_epoch) if resumed else (0, 0)
+        self.global_step = resumed.step if resumed else 0
+        self.last_checkpoint = time.monotonic()
+        self.checkpoint_rule = parse_interval(cfg.checkpoint_every)
+        self.progress = Progress(cfg.progress, cfg.epochs, steps, enabled=comm.is_root)
+        out = Path(cfg.out)
+        # Launchers report a dead process by host and PID (mpiexec) or task number
+        # (srun); ranks.json turns either into a rank.
+        ranks = comm.allgather({"rank": comm.rank, "host": comm.host, "pid": os.getpid()},
+                               what="rank map")
+        if comm.is_root:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / "ranks.json", (json.dumps(ranks, indent=1) + "\n").encode())
+            (out / "metrics.jsonl").write_text(
+                "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.history))
+        record = self.history[-1] if self.history else {}
+        for epoch in range(first_epoch, cfg.epochs):
+            carried = resumed.epoch_sums if resumed and epoch == first_epoch else {}
+            record = self._epoch(data, epoch, first_step if epoch == first_epoch else 0, carried)
+            record.update(self._validate(data))
+            if not np.isfinite(record["train_loss"]):
+                # The loss is reduced over all ranks, so every rank stops here together.
+                raise TrainingFailed(f"training diverged in epoch {epoch + 1}: the training "
+                                     f"loss is {record['train_loss']}; lower --lr")
+            record = finite_or_null(record)
+            self.history.append(record)
+            if comm.is_root:
+                with open(out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record, allow_nan=False) + "\n")
+            self.progress.epoch(record)
+        consistency.check_replicas(comm, self.model, self.dev.to_host(self.params),
+                                   self.global_step)
+        record = comm.bcast_obj(record, what="final metrics")
+        return {key: v for key, v in record.items() if key.startswith(("train_", "val_"))}
+
+    def _epoch(self, data, epoch, first, carried) -> dict:
+        cfg, comm, dev = self.cfg, self.comm, self.dev
+        model, params, grads, k = self.model, self.params, self.grads, dev.kernels
+        n = model.size
+        g, control = grads[:n], grads[n:]
         plan = sharding.EpochPlan(data.shard_sizes, data.local_shards, seed=cfg.seed,
                                   epoch=epoch, batch_size=cfg.batch_size)
+        sums = np.zeros(2)  # loss and correct rows: this rank's, since this run started
+        skipped = [int(carried.get("skipped", 0))]  # the same on every rank
         t_data = t_compute = t_comm = 0.0
-        loss_sum = correct = 0.0
-        lr = cfg.lr
         start = time.perf_counter()
-        for step in range(steps):
+        batches = dev.batches(self.x, self.y, plan, first, self.steps)
+        for step in range(first, self.steps):
+            if comm.watchdog is not None:
+                comm.watchdog.step = self.global_step + 1  # 1-based, as users count
             t0 = time.perf_counter()
-            idx = plan.local_indices(step)
-            xb, yb = x[idx], y[idx]
+            xb, yb = next(batches)
             t1 = time.perf_counter()
-            loss, hits = model.loss_grad(params, grads, xb, yb, k)
+            loss, hits = model.loss_grad(params, g, xb, yb, k)
+            mine = self._control_flags()
+            if mine.any():
+                control[...] = dev.from_host(mine)
+            else:
+                control.fill(0)  # no host-to-device copy on the usual step
             t2 = time.perf_counter()
-            comm.allreduce_(grads)
+            with comm.watched("Allreduce(gradients)"):
+                dev.allreduce_(grads)
+                # One read from the device decides the step: |g|^2 (NaN or Inf when
+                # any element is) and the summed control slots.
+                seen = dev.to_host(consistency.step_summary(dev.xp, g, control))
+            flags = seen[1:]
             t3 = time.perf_counter()
-            grads *= 1.0 / plan.global_count(step)
-            lr = learning_rate(epoch * steps + step, lr=cfg.lr, schedule=cfg.schedule,
-                               total_steps=total_steps, steps_per_epoch=steps,
-                               warmup_steps=cfg.warmup_steps, step_epochs=cfg.step_epochs,
-                               gamma=cfg.gamma)
-            opt.step(params, grads, lr)
+            if self._gradient_ok(seen[0], g, xb, yb, epoch, step):
+                g *= 1.0 / plan.global_count(step)
+                self.opt.step(params, g, self._lr(self.global_step))
+                sums += (loss, hits)
+            else:
+                skipped[0] += 1
+            self.global_step += 1
             t4 = time.perf_counter()
             t_data += t1 - t0
             t_compute += (t2 - t1) + (t4 - t3)
             t_comm += t3 - t2
-            loss_sum += loss
-            correct += hits
-            progress.step(epoch, step)
+            self.progress.step(epoch, step)
+            if cfg.check_every and self.global_step % cfg.check_every == 0:
+                consistency.check_replicas(comm, model, dev.to_host(params), self.global_step)
+            self._maybe_checkpoint(flags, epoch, step + 1, sums, carried, skipped[0])
         wall = time.perf_counter() - start
-        sums = comm.allreduce_(np.array([loss_sum, correct]))
-        times = comm.allreduce_(np.array([wall, t_compute, t_comm, t_data]), op="max")
-        record = {"epoch": epoch, "train_loss": sums[0] / data.n_train}
+        total = comm.allreduce_(sums.copy(), what="epoch sums")
+        total += [carried.get("loss_sum", 0.0), carried.get("correct", 0.0)]
+        times = comm.allreduce_(np.array([wall, t_compute, t_comm, t_data]), op="max",
+                                what="epoch times")
+        record = {"epoch": epoch, "train_loss": total[0] / data.n_train}
         if model.is_classifier:
-            record["train_accuracy"] = sums[1] / data.n_train
-        record.update({"lr": lr, "samples_per_s": data.n_train / times[0],
+            record["train_accuracy"] = total[1] / data.n_train
+        done = self.steps - first
+        rows = data.n_train * done / max(self.steps, 1)
+        record.update({"lr": self._lr((epoch + 1) * self.steps - 1), "samples_per_s": rows / times[0] if times[0] > 0 else 0.0,
                        "epoch_s": times[0], "compute_s": times[1], "comm_s": times[2],
                        "data_s": times[3]})
+        if skipped[0]:
+            record["skipped_steps"] = skipped[0]
         return record
 
-    def _validate(self, model, params, data, scale, k) -> dict:
+    def _lr(self, step: int) -> float:
+        c = self.cfg
+        return learning_rate(step, lr=c.lr, schedule=c.schedule, total_steps=self.total_steps,
+                             steps_per_epoch=self.steps, warmup_steps=c.warmup_steps,
+                             step_epochs=c.step_epochs, gamma=c.gamma)
+
+    def _control_flags(self) -> np.ndarray:
+        flags = np.zeros(CONTROL_SLOTS, dtype=self.grads.dtype)
+        flags[STOP] = self.stop.requested is not None
+        rule = self.checkpoint_rule
+        if self.comm.is_root and rule and rule[0] == "seconds":
+            flags[CHECKPOINT] = time.monotonic() - self.last_checkpoint >= rule[1]
+        return flags
+
+    def _gradient_ok(self, squared_norm, g, xb, yb, epoch, step) -> bool:
+        """Collective in effect: every rank sees the same summed gradient, so all take
+        the same branch. A non-finite one skips the step or stops the job."""
+        xp = self.dev.xp
+        # An Inf norm with finite elements is only an overflow of the squares.
+        if np.isfinite(squared_norm) or consistency.all_finite(xp, g):
+            return True
+        # Rare path: redo this rank's own gradient (the parameters have not moved) to
+        # name the ranks whose batch produced it.
+        scratch = self.dev.zeros(g.size, g.dtype)
+        self.model.loss_grad(self.params, scratch, xb, yb, self.dev.kernels)
+        mine = not consistency.all_finite(xp, scratch)
+        culprits = self.comm.allgather((mine, self.comm.host), what="non-finite check")
+        where = ", ".join(f"rank {r} on {h}" for r, (bad, h) in enumerate(culprits) if bad)
+        where = where or "no single rank (the sum overflowed)"
+        at = f"step {self.global_step + 1} (epoch {epoch + 1}, batch {step + 1})"
+        if self.cfg.nonfinite == "skip":
+            if self.comm.is_root:
+                print(f"mpi_dml: warning: non-finite gradient at {at} from {where}; "
+                      f"step skipped", file=sys.stderr)
+            return False
+        raise TrainingFailed(f"non-finite gradient at {at} from {where}. Lower --lr, check "
+                             f"that rank's data, or pass --nonfinite skip to drop such steps.")
+
+    # --- checkpoints ----------------------------------------------------------------
+    def _maybe_checkpoint(self, flags, epoch, next_step, sums, carried, skipped):
+        rule = self.checkpoint_rule
+        due = bool(flags[CHECKPOINT]) or (
+            rule is not None and rule[0] == "steps" and self.global_step % rule[1] == 0)
+        stop = bool(flags[STOP])
+        if not (due or stop):
+            return
+        # After an epoch's last step the position is (epoch, steps): a run resumed there
+        # runs no step of that epoch but still validates it and writes its record.
+        total = self.comm.allreduce_(sums.copy(), what="epoch sums")
+        epoch_sums = {"loss_sum": float(total[0]) + carried.get("loss_sum", 0.0),
+                      "correct": float(total[1]) + carried.get("correct", 0.0),
+                      "skipped": skipped}
+        path = resume.write(self.cfg, self.comm, Path(self.cfg.out) / "checkpoints",
+                            lambda: self._state(epoch, next_step, epoch_sums))
+        self.last_checkpoint = time.monotonic()
+        if stop:
+            signal_name = self.stop.requested or "SIGTERM or SIGUSR1 (sent to another rank)"
+            raise Preempted(f"stopped on {signal_name} after step {self.global_step}; "
+                            f"checkpoint {path if path else 'written'}. Run again with "
+                            f"--resume to continue.")
+
+    def _state(self, epoch, next_step, epoch_sums) -> CheckpointState:
+        """Rank 0's checkpoint: buffers copied to the host, position in global terms."""
+        dev, cfg = self.dev, self.cfg
+        return CheckpointState(
+            params=dev.to_host(self.params).copy(),
+            optimizer={name: dev.to_host(buf).copy() for name, buf in self.opt.state.items()},
+            optimizer_steps=self.opt.step_count, step=self.global_step, epoch=epoch,
+            step_in_epoch=next_step, epoch_sums=epoch_sums, history=list(self.history),
+            standardize=self.scale, config=cfg.to_dict(),
+            model=model_description(self.model, cfg.dtype),
+            data=resume.data_description(self.data), world_size=self.comm.size)
+
+    def _validate(self, data) -> dict:
         if data.val is None:
             return {}
-        m = split_metrics(model, params, data.val.x, data.val.y, k, self.comm, standardize=scale)
+        m = split_metrics(self.model, self.params, data.val.x, data.val.y, self.dev.kernels,
+                          self.comm, standardize=self.scale)
         return {f"val_{key}": v for key, v in m.items()}
 
     def _meta(self, data, final) -> dict:
@@ -153,9 +310,28 @@ class Trainer:
             "metrics": final,
             "config": cfg.to_dict(),
             "world_size": self.comm.size,
+            "device": self.dev.describe(),
             "versions": {"mpi_dml": __version__, "numpy": np.__version__,
                          "numba": numba.__version__, **{"mpi": mpi_library()}},
         }
+
+
+@contextlib.contextmanager
+def _watching(comm, watchdog):
+    """Run ``watchdog`` and let ``comm`` report to it; collective on entry and exit."""
+    watchdog.start()
+    comm.watchdog = watchdog
+    try:
+        yield watchdog
+    except AgreedError:
+        comm.watchdog = None
+        watchdog.stop()  # every rank raised it at the same point: still collective
+        raise
+    except BaseException:
+        comm.watchdog = None  # one rank's crash: the abort hook ends the job
+        raise
+    comm.watchdog = None
+    watchdog.stop()
 
 
 def check_out_dir(path):
@@ -168,10 +344,3 @@ def check_out_dir(path):
                              or not os.access(parent, os.W_OK | os.X_OK)):
         raise UserError(f"--out {path} cannot be created: {parent} is not a writable folder")
 
-
-def _default_kernels(dtype):
-    from .kernels import get, warm_up
-
-    k = get("cpu")
-    warm_up("cpu", np.dtype(dtype))  # compile before the clock starts
-    return k

@@ -1,7 +1,7 @@
 """One validated config: merging, coercion and the parameter-naming error messages."""
 import pytest
 
-from mpi_dml.config import TrainConfig, build_config, ignored_settings, load_toml
+from mpi_dml.config import TrainConfig, build_config, ignored_settings, load_toml, parse_interval
 from mpi_dml.errors import UserError
 
 BASE = {"data": "d.csv", "label_column": "label", "out": "o"}
@@ -81,3 +81,26 @@ def test_settings_that_do_not_apply_are_named():
     assert notes == ["hidden ignored: model softmax has no hidden layers",
                      "momentum ignored: they apply to sgd, not adam"]
     assert ignored_settings(cfg(model="mlp"), {"hidden", "activation"}) == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", None), ("500", ("steps", 500)), ("1", ("steps", 1)), ("90s", ("seconds", 90.0)),
+    ("10m", ("seconds", 600.0)), ("2h", ("seconds", 7200.0)), ("0.5h", ("seconds", 1800.0)),
+])
+def test_checkpoint_interval(text, expected):
+    assert parse_interval(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "10x", "m", "0s", "1.5", "infh"])
+def test_bad_checkpoint_interval_is_named(text):
+    with pytest.raises(UserError, match="'checkpoint_every' parameter of TrainConfig"):
+        cfg(checkpoint_every=text).validate()
+
+
+@pytest.mark.parametrize("name, value", [
+    ("keep", 0), ("grace", 0), ("stall_timeout", -1), ("check_every", -1),
+    ("nonfinite", "ignore"), ("device", "tpu"), ("gpu_exchange", "gloo"),
+])
+def test_fault_and_device_settings_are_checked(name, value):
+    with pytest.raises(UserError, match=f"'{name}' parameter of TrainConfig"):
+        cfg(**{name: value}).validate()

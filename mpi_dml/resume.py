@@ -1,0 +1,100 @@
+"""Checkpoints inside a job: rank 0 reads and writes the file, every rank gets the state.
+
+Only rank 0 touches checkpoint files, so a job resumed on another allocation needs the
+file where its rank 0 can read it and nowhere else. The state is broadcast from there:
+the small part as one object, the flat buffers with ``Bcast``. Nothing in a checkpoint
+depends on the number of ranks, so the job that resumes may have any.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import (CheckpointState, check_compatible, load_checkpoint,
+                         model_description, resolve_resume, save_checkpoint)
+from .errors import UserError
+
+
+class Resumed:
+    """What every rank learns from the checkpoint it resumes from.
+
+    ``state`` (with the buffers and the history) is rank 0's alone; the counters and the
+    standardization are everyone's.
+    """
+
+    def __init__(self, path, header: dict, state: CheckpointState | None):
+        self.path = path
+        self.step = header["step"]
+        self.epoch = header["epoch"]
+        self.step_in_epoch = header["step_in_epoch"]
+        self.optimizer_steps = header["optimizer_steps"]
+        self.epoch_sums = header["epoch_sums"]
+        self.standardize = header["standardize"]
+        self.state = state
+
+
+def find_and_read(cfg, comm) -> Resumed | None:
+    """Collective: the checkpoint ``--resume`` names, read on rank 0, or None."""
+    path = comm.agreed_on_root(resolve_resume, cfg.resume, cfg.out)
+    path = comm.bcast_obj(None if path is None else str(path), what="checkpoint path")
+    if path is None:
+        return None
+    state = comm.agreed_on_root(load_checkpoint, path)
+    header = None
+    if comm.is_root:
+        header = {"step": state.step, "epoch": state.epoch,
+                  "step_in_epoch": state.step_in_epoch,
+                  "optimizer_steps": state.optimizer_steps,
+                  "epoch_sums": dict(state.epoch_sums), "standardize": state.standardize}
+    if comm.is_root:
+        print(f"mpi_dml: resuming from {path}: {state.step} steps done, in epoch "
+              f"{state.epoch + 1}", file=sys.stderr)
+    return Resumed(path, comm.bcast_obj(header, what="checkpoint header"), state)
+
+
+def check_and_restore(resumed: Resumed, cfg, comm, model, data, params, opt, dev):
+    """Collective: refuse an incompatible checkpoint, else load its buffers on every rank."""
+    model_desc = model_description(model, cfg.dtype)
+    notes = comm.agreed_on_root(check_compatible, resumed.state, cfg, model_desc,
+                                data_description(data), resumed.path)
+    if comm.is_root:
+        for note in notes or []:
+            print(f"mpi_dml: note: {note}", file=sys.stderr)
+    state = resumed.state
+    _broadcast_into(comm, dev, params, state.params if state else None, "parameters")
+    for name in sorted(opt.state):
+        saved = state.optimizer.get(name) if state else None
+        _broadcast_into(comm, dev, opt.state[name], saved, f"optimizer {name}")
+    opt.step_count = resumed.optimizer_steps
+
+
+def _broadcast_into(comm, dev, target, saved, what):
+    host = np.empty(target.shape, dtype=target.dtype)
+    if comm.is_root:
+        host[...] = saved
+    comm.bcast_(host, what=what)
+    target[...] = dev.from_host(host)
+
+
+def data_description(data) -> dict:
+    return {"n_features": len(data.feature_names), "n_classes": data.n_classes,
+            "n_train": data.n_train, "n_val": data.n_val,
+            "feature_names": list(data.feature_names)}
+
+
+def write(cfg, comm, folder, state_fn) -> Path | None:
+    """Collective: rank 0 builds the state with ``state_fn()`` and writes it.
+
+    A failed write (disk full, quota) stops every rank with one message rather than
+    leaving the others waiting for rank 0.
+    """
+    return comm.agreed_on_root(_write_root, cfg, folder, state_fn)
+
+
+def _write_root(cfg, folder, state_fn) -> Path:
+    try:
+        return save_checkpoint(folder, state_fn(), keep=cfg.keep)
+    except OSError as exc:
+        raise UserError(f"cannot write a checkpoint in {folder}: {exc.strerror or exc}") from None

@@ -1,0 +1,184 @@
+"""The job scripts in slurm/, submitted unchanged to a real one-node Slurm.
+
+    $ .venv/bin/pytest -q tests/test_slurm.py
+
+slurm_harness.py installs and starts the cluster (root with apt-get; the tests skip
+without). The scripts take their paths from the environment (PYTHON, DATA, OUT...) and
+their training flags as arguments, so the tests pass those and change nothing else.
+"""
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import ROOT, run_cli
+from test_train_mpi import max_relative_difference
+
+pytest_plugins = ["slurm_harness"]
+pytestmark = pytest.mark.slurm
+
+SCRIPTS = ROOT / "slurm"
+TINY = ("--model", "mlp", "--hidden", "16", "--epochs", "2", "--batch-size", "64",
+        "--dtype", "float64", "--progress", "lines")
+# Two ranks, one CPU each: the whole node here.
+TWO_RANKS = ("--ntasks-per-node=2", "--cpus-per-task=1")
+
+
+def submit(cluster, script, log, *args, options=(), **export):
+    """sbatch slurm/SCRIPT ARGS with the venv's python and ``export`` in the environment."""
+    return cluster.sbatch(SCRIPTS / script, *args, cwd=ROOT,
+                          options=(f"--output={log}", "--time=5", *options),
+                          export={"PYTHON": sys.executable, **export})
+
+
+def job_logs(folder) -> str:
+    return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')}"
+                     for p in sorted(folder.glob("*.out")))
+
+
+def wait_completed(cluster, job, logs, count=1, timeout=150) -> list:
+    jobs = cluster.wait_done(job, timeout, count)
+    failed = [{k: j.get(k) for k in ("JobId", "JobState", "ExitCode", "Reason")}
+              for j in jobs if j.get("JobState") != "COMPLETED"]
+    assert not failed, f"{failed}\n{job_logs(logs)}\n{cluster.logs()}"
+    return jobs
+
+
+def model_info(out) -> dict:
+    assert (out / "model.safetensors").exists(), f"no model in {out}"
+    return json.loads((out / "model.json").read_text())
+
+
+def directives(script) -> dict:
+    """The script's ``#SBATCH --name=value`` lines as {name: value}."""
+    return dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", script.read_text(), re.M))
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sbatch")))
+def test_scripts_parse_and_never_eval(script):
+    path = SCRIPTS / script
+    check = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    text = path.read_text()
+    assert text.startswith("#!/bin/bash\n# "), "each script starts with what to change"
+    assert not re.search(r"^\s*eval\b", text, re.M)
+    assert "srun --mpi=pmi2 --kill-on-bad-exit=1" in text
+
+
+def test_gpu_script_asks_for_one_rank_per_gpu():
+    options = directives(SCRIPTS / "gpu.sbatch")
+    assert options["gpus-per-node"] == options["ntasks-per-node"]
+    assert "--device gpu" in (SCRIPTS / "gpu.sbatch").read_text()
+
+
+def test_cpu_script_trains_with_two_ranks(slurm_cluster, digits, tmp_path):
+    out = tmp_path / "model"
+    job = submit(slurm_cluster, "cpu.sbatch", tmp_path / "cpu-%j.out", *TINY,
+                 options=TWO_RANKS, DATA=digits[0], OUT=out)
+    wait_completed(slurm_cluster, job, tmp_path)
+    assert model_info(out)["world_size"] == 2
+
+
+def test_multinode_script_on_one_node(slurm_cluster, digits, tmp_path):
+    out = tmp_path / "model"
+    job = submit(slurm_cluster, "multinode.sbatch", tmp_path / "multi-%j.out", *TINY,
+                 options=("--nodes=1", *TWO_RANKS), DATA=digits[0], OUT=out)
+    wait_completed(slurm_cluster, job, tmp_path)
+    assert model_info(out)["world_size"] == 2
+    assert "2 ranks on 1 nodes" in job_logs(tmp_path)
+
+
+def test_sweep_array_writes_one_model_per_task(slurm_cluster, digits, tmp_path):
+    out = tmp_path / "sweep"
+    job = submit(slurm_cluster, "sweep.sbatch", tmp_path / "sweep-%A_%a.out", *TINY,
+                 options=("--array=0-2", "--ntasks=1", "--cpus-per-task=1"),
+                 DATA=digits[0], OUT=out)
+    wait_completed(slurm_cluster, job, tmp_path, count=3)
+    runs = sorted(out.iterdir())
+    assert [p.name for p in runs] == ["lr-0.03", "lr-0.1", "lr-0.3"]
+    for run in runs:
+        assert model_info(run)["config"]["lr"] == float(run.name[3:])
+
+
+# Long enough (5400 steps, a few seconds) that the signal lands mid-run on an idle
+# machine, short enough for the test budget.
+LONG = ("--model", "mlp", "--hidden", "32", "--activation", "tanh", "--optimizer", "adam",
+        "--lr", "0.003", "--batch-size", "8", "--epochs", "30", "--dtype", "float64",
+        "--seed", "3", "--progress", "lines")
+
+
+def checkpoints(out) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in out.glob("checkpoints/ckpt-*.safetensors")}
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, digits, tmp_path):
+    """USR1 as --signal=B:USR1 sends it: checkpoint, exit 75, requeue, resume, and the
+    final model equals an uninterrupted run."""
+    cluster, out, logs = slurm_cluster, tmp_path / "long", tmp_path / "logs"
+    logs.mkdir()
+    # --time well past the script's --signal=B:USR1@300, so that the only signal is ours.
+    job = submit(cluster, "preemptible.sbatch", logs / "long-%j.out", *LONG, "--keep", "1000",
+                 options=(*TWO_RANKS, "--time=20"), DATA=digits[0], OUT=out,
+                 CHECKPOINT_EVERY="50", GRACE="30")
+
+    deadline = time.monotonic() + 90
+    while not list(out.glob("checkpoints/ckpt-*.safetensors")):
+        state = cluster.jobs(job)[0].get("JobState")
+        assert state in ("PENDING", "RUNNING") and time.monotonic() < deadline, (
+            f"no checkpoint yet, job {state}\n{job_logs(logs)}\n{cluster.logs()}")
+        time.sleep(0.05)
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+
+    # A requeued job waits for its old credential to expire (BeginTime, two minutes by
+    # default). slurmd refuses a new launch whose credential is from the same second as
+    # the revocation ("Job credential revoked"), so wait a little, then release it.
+    requeued = cluster.wait_for_states(job, {"PENDING", *cluster.final_states}, timeout=90)[0]
+    assert requeued["JobState"] == "PENDING" and requeued["Restarts"] == "1", (
+        f"{requeued}\n{job_logs(logs)}\n{cluster.logs()}")
+    time.sleep(2.5)
+    first_run = checkpoints(out)
+    cluster.run("scontrol", "update", f"jobid={job}", "starttime=now")
+    wait_completed(cluster, job, logs, timeout=150)
+
+    # The second run continued from the first run's last checkpoint: it rewrote none of
+    # the first run's checkpoints and wrote only later ones.
+    second_run = checkpoints(out)
+    assert all(second_run.get(name) == mtime for name, mtime in first_run.items()), (
+        first_run, second_run)
+    new = sorted(set(second_run) - set(first_run))
+    assert new and new[0] > max(first_run), (first_run, second_run)
+
+    log = job_logs(logs)
+    assert "SLURM_RESTART_COUNT=0" in log and "SLURM_RESTART_COUNT=1" in log, log
+    assert "training exited with 75" in log and "requeueing job" in log, log
+    assert f"newest checkpoint: {out}/checkpoints/{max(first_run)}" in log, log
+    assert model_info(out)["world_size"] == 2
+
+    reference = tmp_path / "reference"
+    done = run_cli(2, "train", "--data", digits[0], "--label-column", "label",
+                   "--out", reference, *LONG, timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = load_file(str(out / "model.safetensors"))
+    assert max_relative_difference(resumed, load_file(str(reference / "model.safetensors"))) <= 1e-6
+
+
+def test_srun_without_pmi_is_refused(slurm_cluster, digits, tmp_path):
+    """Plain srun (--mpi=none) starts ranks that cannot see each other: refused, exit 2."""
+    done = slurm_cluster.run(
+        "salloc", "--ntasks=2", "--time=5", "srun", "--mpi=none", sys.executable, "-m",
+        "mpi_dml", "train", "--data", digits[0], "--label-column", "label",
+        "--out", tmp_path / "none", *TINY, check=False, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr  # EXIT_USER_ERROR, no traceback
+    assert "srun --mpi=pmi2" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "none" / "model.safetensors").exists()
+
+
+def test_srun_with_pmi2_forms_one_world(slurm_cluster):
+    done = slurm_cluster.run("salloc", "--ntasks=2", "--time=5", "srun", "--mpi=pmi2",
+                             sys.executable, "-m", "mpi_dml", "info", timeout=120)
+    report = json.loads(done.stdout)
+    assert report["world_size"] == 2 and report["slurm_ntasks"] == "2", report
