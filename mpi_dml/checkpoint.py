@@ -369,6 +369,10 @@ def check_compatible(state: CheckpointState, cfg, model_desc: dict, data_desc: d
     if bool(old_c.get("val_data")) != bool(new_c["val_data"]):
         refuse("with" + ("" if old_c.get("val_data") else "out") + " --val-data",
                "has" + ("" if new_c["val_data"] else " none"), batch_hint)
+    if state.epoch >= new_c["epochs"]:
+        raise UserError(f"Checkpoint {path} is in epoch {state.epoch + 1}, past --epochs "
+                        f"{new_c['epochs']}: raise --epochs to at least {state.epoch + 1}, "
+                        f"or resume from an earlier checkpoint")
     notes = []
     if old_d.get("feature_names") != data_desc.get("feature_names"):
         notes.append("feature names differ from the checkpoint's (same count): is this the same data?")

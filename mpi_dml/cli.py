@@ -147,10 +147,12 @@ def _run(args, comm) -> int:
         if comm.is_root:
             for note in notes:
                 print(f"mpi_dml: note: {note}", file=sys.stderr)
-        Trainer(cfg, comm=comm).fit()
-        # Done and written: a stop signal now (Slurm's --signal firing late) must not
-        # turn the finished job into a failure on its way out.
-        ignore_stop_signals()
+        try:
+            Trainer(cfg, comm=comm).fit()
+        finally:
+            # Finished, stopped or failed with a message: a stop signal now (Slurm's
+            # --signal firing late) must not change the exit status on the way out.
+            ignore_stop_signals()
         return 0
     from .evaluation import evaluate_command, predict_command
     from .kernels import get

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 import traceback
 from contextlib import nullcontext
 
@@ -41,6 +42,10 @@ class Comm:
         self.rank = mpi_comm.Get_rank()
         self.size = mpi_comm.Get_size()
         self.host = socket.gethostname()
+        # Helper threads (watchdog, signal watcher) may call MPI only at this level.
+        # mpi4py asks for it by default; Cray MPICH grants less unless
+        # MPICH_MAX_THREAD_SAFETY=multiple.
+        self.threads_ok = MPI.Query_thread() == MPI.THREAD_MULTIPLE
         # Ranks that can share memory are on one node; that split is what decides
         # local rank (GPU binding) and how many cores each rank may use.
         node_comm = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
@@ -165,7 +170,15 @@ class Comm:
         return self.agreed(fn if self.is_root else _nothing, *args, **kwargs)
 
     def abort(self, code: int = 1):
-        self._comm.Abort(code)
+        abort_job(self._comm, code)
+
+    def abort_from_thread(self, code: int):
+        """End the job from a helper thread: MPI_Abort where MPI allows calls from
+        threads, else exit this process, which the launcher turns into the end of all."""
+        if self.threads_ok:
+            abort_job(self._comm, code)
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _nothing(*_args, **_kwargs):
@@ -205,7 +218,7 @@ class SideChannel:
             pass
 
     def abort(self, code: int):
-        MPI.COMM_WORLD.Abort(code)
+        abort_job(MPI.COMM_WORLD, code)
 
     def free(self):
         self._comm.Free()
@@ -239,6 +252,18 @@ def mpi_library_version() -> str:
     return MPI.Get_library_version()
 
 
+def abort_job(mpi_comm, code: int):
+    """MPI_Abort, after giving the launcher a moment to forward what this rank wrote.
+
+    mpiexec ends every process as soon as one aborts; without the pause, the message
+    that says why (the traceback, the stall report) is sometimes lost on the way.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0.5)
+    mpi_comm.Abort(code)
+
+
 def install_abort_hook():
     """Make an uncaught exception on any rank end the whole job.
 
@@ -254,7 +279,6 @@ def install_abort_hook():
         rank, host = world.Get_rank(), socket.gethostname()
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         sys.stderr.write(f"mpi_dml: rank {rank} on {host} failed; aborting the job.\n{text}")
-        sys.stderr.flush()
-        world.Abort(1)
+        abort_job(world, 1)
 
     sys.excepthook = hook

@@ -5,7 +5,7 @@ arrays are NumPy arrays, the kernels are the Numba ones and the exchange is the 
 Allreduce of ``Comm``. The GPU device (``gpu.GpuDevice``) has the same methods over
 CuPy arrays.
 
-    >>> dev = select_device("cpu", comm)
+    >>> dev = select_device("cpu", comm, np.float32)
     >>> grads = dev.zeros(model.size, np.float32)
     >>> for xb, yb in dev.batches(x, y, plan, 0, steps): ...
     >>> dev.allreduce_(grads)

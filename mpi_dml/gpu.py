@@ -432,6 +432,8 @@ class GpuDevice:
             self.synchronize()
             self._nccl.destroy()
             self._nccl = None
+        if self._prefetch is not None:
+            self._prefetch.stop()
         self._slots = []
         self._prefetch = None
         self._staging = None

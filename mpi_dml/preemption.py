@@ -19,8 +19,10 @@ import os
 import signal
 import sys
 import threading
+import time
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+REPEAT_WINDOW = 2.0  # seconds in which a repeat of the first signal counts as the same one
 
 
 class StopRequest:
@@ -57,7 +59,9 @@ class StopRequest:
         if self._pipe is None:
             return False
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # None: a handler installed outside Python (MPICH's, for instance), which
+            # cannot be put back; ignoring is the safe stand-in for a job that is ending.
+            signal.signal(sig, signal.SIG_IGN if handler is None else handler)
         signal.set_wakeup_fd(self._old_wakeup)
         os.write(self._pipe[1], b"\0")  # wakes the watcher, which then stops
         self._thread.join()
@@ -67,7 +71,7 @@ class StopRequest:
         return False
 
     def _watch(self):
-        timer = None
+        timer, first_at = None, 0.0
         while True:
             got = os.read(self._pipe[0], 64)
             for signum in got:
@@ -78,8 +82,13 @@ class StopRequest:
                 if signum not in SIGNALS:
                     continue
                 if self.requested is not None:
-                    self._end(f"a second signal ({signal.Signals(signum).name})", signum)
+                    # One preemption can deliver its signal twice within moments
+                    # (srun forwarding what slurmstepd also sends): not a second request.
+                    if time.monotonic() - first_at > REPEAT_WINDOW:
+                        self._end(f"a second signal ({signal.Signals(signum).name})", signum)
+                    continue
                 self.requested = signal.Signals(signum).name
+                first_at = time.monotonic()
                 timer = threading.Timer(self.grace, self._end, args=(
                     f"no checkpoint within --grace {self.grace:g} s of {self.requested}",
                     signum))

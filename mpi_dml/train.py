@@ -40,6 +40,8 @@ from .watchdog import Watchdog
 # Trailing slots of the gradient buffer that ride along in its Allreduce, so the ranks
 # agree on what to do after each step without a collective of their own.
 STOP, CHECKPOINT, CONTROL_SLOTS = 0, 1, 2
+# Written into --out, next to the checkpoint, when a signal stopped the run.
+PREEMPTED_MARK = "PREEMPTED"
 
 
 class Trainer:
@@ -65,20 +67,25 @@ class Trainer:
         dev = self.device or select_device(cfg.device, comm, cfg.dtype, kernels=self.kernels,
                                            exchange=cfg.gpu_exchange)
         self.dev = dev
-        try:
-            data = self.data = load_training(cfg, comm)
-            resumed = resume.find_and_read(cfg, comm)
-            self._setup(data, resumed)
-            with StopRequest(cfg.grace, comm.abort) as stop:
-                self.stop = stop
+        # Stop signals are caught from here on: one that comes while the data loads is
+        # acted on at the first step. The block ends only after the model is written.
+        with StopRequest(cfg.grace, comm.abort_from_thread) as stop:
+            self.stop = stop
+            try:
+                data = self.data = load_training(cfg, comm)
+                resumed = resume.find_and_read(cfg, comm)
+                self._setup(data, resumed)
                 with self._watchdog():
                     final = self._train(data, resumed)
-                # A signal from here on comes too late to matter: the model is next.
                 if comm.is_root:
                     save_model(cfg.out, self.model, dev.to_host(self.params),
                                self._meta(data, finite_or_null(final)), self.scale)
-        finally:
-            dev.close()  # NCCL communicators, pinned buffers, the prefetch thread
+            except AgreedError:
+                dev.close()  # every rank is here: a collective teardown (NCCL) is safe
+                raise
+            # Any other exception is one rank's crash: no teardown that could wait for
+            # the others; the abort hook ends the job.
+            dev.close()
         return final
 
     # --- setting up -----------------------------------------------------------------
@@ -110,6 +117,12 @@ class Trainer:
     def _watchdog(self):
         if not self.cfg.stall_timeout or self.comm.size == 1:
             return contextlib.nullcontext()
+        if not self.comm.threads_ok:
+            if self.comm.is_root:
+                print("mpi_dml: note: no stall watchdog: this MPI does not allow calls from "
+                      "several threads (MPI_THREAD_MULTIPLE); on Cray MPICH set "
+                      "MPICH_MAX_THREAD_SAFETY=multiple", file=sys.stderr)
+            return contextlib.nullcontext()
         return _watching(self.comm, Watchdog(self.comm, self.cfg.stall_timeout))
 
     # --- the loop -------------------------------------------------------------------
@@ -131,6 +144,7 @@ class Trainer:
         if comm.is_root:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / "ranks.json", (json.dumps(ranks, indent=1) + "\n").encode())
+            (out / PREEMPTED_MARK).unlink(missing_ok=True)  # this run has not been stopped
             (out / "metrics.jsonl").write_text(
                 "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.history))
         record = self.history[-1] if self.history else {}
@@ -273,6 +287,10 @@ class Trainer:
                             lambda: self._state(epoch, next_step, epoch_sums))
         self.last_checkpoint = time.monotonic()
         if stop:
+            if self.comm.is_root:
+                # For job scripts: srun may report a rank killed while exiting rather
+                # than 75; this file says the stop was clean and resumable.
+                atomic_write(Path(self.cfg.out) / PREEMPTED_MARK, f"{path}\n".encode())
             signal_name = self.stop.requested or "SIGTERM or SIGUSR1 (sent to another rank)"
             raise Preempted(f"stopped on {signal_name} after step {self.global_step}; "
                             f"checkpoint {path if path else 'written'}. Run again with "

@@ -364,3 +364,13 @@ def test_engine_never_runs_a_shell_or_unpickles_a_file():
     for path in [*root.glob("mpi_dml/**/*.py"), *root.glob("kernels/*.py")]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not banned.search(line), f"{path.name}:{number}: {line.strip()}"
+
+
+def test_checkpoint_past_the_last_epoch_is_refused():
+    state = make_state()
+    state.epoch = 4
+    cfg = make_cfg(epochs=4)
+    with pytest.raises(UserError, match=r"is in epoch 5, past --epochs 4: raise --epochs to "
+                                        r"at least 5"):
+        check_compatible(state, cfg, *describe(cfg)[1:], "c.safetensors")
+    assert check_compatible(state, make_cfg(epochs=5), *describe(cfg)[1:], "c") is not None

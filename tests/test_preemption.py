@@ -6,6 +6,7 @@ import time
 import pytest
 
 from mpi_dml.consistency import first_disagreement, tensor_checksums
+from mpi_dml import preemption
 from mpi_dml.preemption import StopRequest
 from mpi_dml.watchdog import describe_others
 
@@ -28,13 +29,23 @@ def test_first_signal_only_requests_a_stop(sig):
     assert signal.getsignal(sig) is signal.SIG_DFL  # handlers restored on exit
 
 
-def test_second_signal_aborts_at_once():
+def test_second_signal_aborts_at_once(monkeypatch):
+    monkeypatch.setattr(preemption, "REPEAT_WINDOW", 0.1)
     aborted = []
     with StopRequest(60, aborted.append):
         os.kill(os.getpid(), signal.SIGUSR1)
-        time.sleep(0.05)
+        time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGTERM)
         assert wait_until(lambda: aborted == [128 + signal.SIGTERM])
+
+
+def test_a_quick_repeat_is_the_same_request():
+    aborted = []
+    with StopRequest(60, aborted.append) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        assert stop.requested == "SIGTERM" and aborted == []
 
 
 def test_grace_period_aborts(capfd):
