@@ -174,7 +174,7 @@ class Trainer:
         g, control = grads[:n], grads[n:]
         plan = sharding.EpochPlan(data.shard_sizes, data.local_shards, seed=cfg.seed,
                                   epoch=epoch, batch_size=cfg.batch_size)
-        sums = np.zeros(2)  # loss and correct rows: this rank's, since this run started
+        sums = np.zeros(2)  # loss and correct rows: this rank's, steps run in this process
         skipped = [int(carried.get("skipped", 0))]  # the same on every rank
         t_data = t_compute = t_comm = 0.0
         start = time.perf_counter()
@@ -224,7 +224,8 @@ class Trainer:
             record["train_accuracy"] = total[1] / data.n_train
         done = self.steps - first
         rows = data.n_train * done / max(self.steps, 1)
-        record.update({"lr": self._lr((epoch + 1) * self.steps - 1), "samples_per_s": rows / times[0] if times[0] > 0 else 0.0,
+        record.update({"lr": self._lr((epoch + 1) * self.steps - 1),
+                       "samples_per_s": rows / times[0] if times[0] > 0 else 0.0,
                        "epoch_s": times[0], "compute_s": times[1], "comm_s": times[2],
                        "data_s": times[3]})
         if skipped[0]:
