@@ -175,7 +175,7 @@ class Trainer:
         plan = sharding.EpochPlan(data.shard_sizes, data.local_shards, seed=cfg.seed,
                                   epoch=epoch, batch_size=cfg.batch_size)
         sums = np.zeros(2)  # loss and correct rows: this rank's, steps run in this process
-        skipped = [int(carried.get("skipped", 0))]  # the same on every rank
+        skipped = int(carried.get("skipped", 0))  # the same on every rank
         t_data = t_compute = t_comm = 0.0
         start = time.perf_counter()
         batches = dev.batches(self.x, self.y, plan, first, self.steps)
@@ -187,10 +187,10 @@ class Trainer:
             t1 = time.perf_counter()
             loss, hits = model.loss_grad(params, g, xb, yb, k)
             mine = self._control_flags()
-            if mine.any():
-                control[...] = dev.from_host(mine)
-            else:
+            if mine is None:
                 control.fill(0)  # no host-to-device copy on the usual step
+            else:
+                control[...] = dev.from_host(mine)
             t2 = time.perf_counter()
             with comm.watched("Allreduce(gradients)"):
                 dev.allreduce_(grads)
@@ -204,7 +204,7 @@ class Trainer:
                 self.opt.step(params, g, self._lr(self.global_step))
                 sums += (loss, hits)
             else:
-                skipped[0] += 1
+                skipped += 1
             self.global_step += 1
             t4 = time.perf_counter()
             t_data += t1 - t0
@@ -213,23 +213,22 @@ class Trainer:
             self.progress.step(epoch, step)
             if cfg.check_every and self.global_step % cfg.check_every == 0:
                 consistency.check_replicas(comm, model, dev.to_host(params), self.global_step)
-            self._maybe_checkpoint(flags, epoch, step + 1, sums, carried, skipped[0])
+            self._maybe_checkpoint(flags, epoch, step + 1, sums, carried, skipped)
         wall = time.perf_counter() - start
-        total = comm.allreduce_(sums.copy(), what="epoch sums")
-        total += [carried.get("loss_sum", 0.0), carried.get("correct", 0.0)]
+        total = self._epoch_sums(sums, carried)
         times = comm.allreduce_(np.array([wall, t_compute, t_comm, t_data]), op="max",
                                 what="epoch times")
-        record = {"epoch": epoch, "train_loss": total[0] / data.n_train}
+        record = {"epoch": epoch, "train_loss": total["loss_sum"] / data.n_train}
         if model.is_classifier:
-            record["train_accuracy"] = total[1] / data.n_train
+            record["train_accuracy"] = total["correct"] / data.n_train
         done = self.steps - first
         rows = data.n_train * done / max(self.steps, 1)
         record.update({"lr": self._lr((epoch + 1) * self.steps - 1),
                        "samples_per_s": rows / times[0] if times[0] > 0 else 0.0,
                        "epoch_s": times[0], "compute_s": times[1], "comm_s": times[2],
                        "data_s": times[3]})
-        if skipped[0]:
-            record["skipped_steps"] = skipped[0]
+        if skipped:
+            record["skipped_steps"] = skipped
         return record
 
     def _lr(self, step: int) -> float:
@@ -238,13 +237,24 @@ class Trainer:
                              steps_per_epoch=self.steps, warmup_steps=c.warmup_steps,
                              step_epochs=c.step_epochs, gamma=c.gamma)
 
-    def _control_flags(self) -> np.ndarray:
-        flags = np.zeros(CONTROL_SLOTS, dtype=self.grads.dtype)
-        flags[STOP] = self.stop.requested is not None
+    def _control_flags(self) -> np.ndarray | None:
+        """This rank's control slots, or None when all are 0 (the usual step)."""
+        stop = self.stop.requested is not None
         rule = self.checkpoint_rule
-        if self.comm.is_root and rule and rule[0] == "seconds":
-            flags[CHECKPOINT] = time.monotonic() - self.last_checkpoint >= rule[1]
+        due = (self.comm.is_root and rule is not None and rule[0] == "seconds"
+               and time.monotonic() - self.last_checkpoint >= rule[1])
+        if not (stop or due):
+            return None
+        flags = np.zeros(CONTROL_SLOTS, dtype=self.grads.dtype)
+        flags[STOP], flags[CHECKPOINT] = stop, due
         return flags
+
+    def _epoch_sums(self, sums, carried) -> dict:
+        """Collective: loss and correct rows of the epoch so far over every rank, plus
+        what a resumed checkpoint carried from before it."""
+        total = self.comm.allreduce_(sums.copy(), what="epoch sums")
+        return {"loss_sum": float(total[0]) + carried.get("loss_sum", 0.0),
+                "correct": float(total[1]) + carried.get("correct", 0.0)}
 
     def _gradient_ok(self, squared_norm, g, xb, yb, epoch, step) -> bool:
         """Collective in effect: every rank sees the same summed gradient, so all take
@@ -280,10 +290,7 @@ class Trainer:
             return
         # After an epoch's last step the position is (epoch, steps): a run resumed there
         # runs no step of that epoch but still validates it and writes its record.
-        total = self.comm.allreduce_(sums.copy(), what="epoch sums")
-        epoch_sums = {"loss_sum": float(total[0]) + carried.get("loss_sum", 0.0),
-                      "correct": float(total[1]) + carried.get("correct", 0.0),
-                      "skipped": skipped}
+        epoch_sums = {**self._epoch_sums(sums, carried), "skipped": skipped}
         path = resume.write(self.cfg, self.comm, Path(self.cfg.out) / "checkpoints",
                             lambda: self._state(epoch, next_step, epoch_sums))
         self.last_checkpoint = time.monotonic()
