@@ -138,36 +138,40 @@ class Comm:
             self._comm.send(chunk, dest=0, tag=71)
 
     # --- agreeing on errors -------------------------------------------------------------
-    def agree(self, error: str | None):
+    def agree(self, error: str | None, *, name_rank: bool = True):
         """Collective: raise ``AgreedError`` on every rank if any rank reports an error.
 
         The message is the lowest failing rank's. When only some ranks failed it names
-        the rank and host, since the problem is in that rank's part of the input.
+        the rank and host, since the problem is in that rank's part of the input
+        (``name_rank=False`` where only one rank could have failed).
         """
         errors = self.allgather(None if error is None else (error, self.host), what="errors")
         failed = [(r, e) for r, e in enumerate(errors) if e is not None]
         if not failed:
             return
         rank, (message, host) = failed[0]
-        if self.size > 1 and len(failed) < self.size:
+        if name_rank and self.size > 1 and len(failed) < self.size:
             message = f"{message} (reported by rank {rank} on {host})"
         raise AgreedError(message)
 
     def agreed(self, fn, *args, **kwargs):
         """Run ``fn`` on every rank; if it raises UserError anywhere, all ranks raise."""
+        return self._agreed(fn, args, kwargs, name_rank=True)
+
+    def agreed_on_root(self, fn, *args, **kwargs):
+        """Like ``agreed``, but ``fn`` runs on rank 0 alone: for checks of what only
+        rank 0 writes (output paths), whose file system may differ from the others'."""
+        return self._agreed(fn if self.is_root else _nothing, args, kwargs, name_rank=False)
+
+    def _agreed(self, fn, args, kwargs, *, name_rank):
         try:
             result, error = fn(*args, **kwargs), None
         except AgreedError:
             raise
         except UserError as exc:
             result, error = None, str(exc)
-        self.agree(error)
+        self.agree(error, name_rank=name_rank)
         return result
-
-    def agreed_on_root(self, fn, *args, **kwargs):
-        """Like ``agreed``, but ``fn`` runs on rank 0 alone: for checks of what only
-        rank 0 writes (output paths), whose file system may differ from the others'."""
-        return self.agreed(fn if self.is_root else _nothing, *args, **kwargs)
 
     def abort(self, code: int = 1):
         abort_job(self._comm, code)
