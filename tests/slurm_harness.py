@@ -297,6 +297,22 @@ class SlurmCluster:
     def wait_done(self, job_id: str, timeout: float = 120, count: int = 1) -> list[dict]:
         return self.wait_for_states(job_id, FINAL_STATES, timeout, count)
 
+    def step_daemons(self, job_id: str) -> list[int]:
+        """PIDs of the slurmstepd processes still serving ``job_id`` (its batch and steps)."""
+        title = f"slurmstepd: [{job_id}.".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title):
+                    pids.append(int(entry.name))
+            except OSError:  # the process ended while we looked
+                continue
+        return pids
+
+    def wait_step_daemons_gone(self, job_id: str, timeout: float = 60):
+        self.wait_until(lambda: not self.step_daemons(job_id),
+                        f"the slurmstepd processes of job {job_id} have exited", timeout)
+
     def node_idle(self) -> bool:
         done = self.run("sinfo", "-h", "-N", "-o", "%N %T", check=False)
         return done.returncode == 0 and f"{self.host} idle" in done.stdout

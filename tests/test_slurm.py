@@ -131,15 +131,23 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, digits, t
         assert state in ("PENDING", "RUNNING") and time.monotonic() < deadline, (
             f"no checkpoint yet, job {state}\n{job_logs(logs)}\n{cluster.logs()}")
         time.sleep(0.05)
+    assert cluster.step_daemons(job), "the running job's slurmstepd processes are not found"
     cluster.run("scancel", "--batch", "--signal=USR1", job)
 
     # A requeued job waits for its old credential to expire (BeginTime, two minutes by
-    # default). slurmd refuses a new launch whose credential is from the same second as
-    # the revocation ("Job credential revoked"), so wait a little, then release it.
+    # default); the test releases it early, which is safe only once two things hold:
+    # - the first run's slurmstepd processes have exited. The new run reuses the step id
+    #   JOB.0, and an old step daemon unlinks spool/sock.pmi2.JOB.0 on its way out: if
+    #   that happens after the new step has bound the same path, the new step's next PMI
+    #   fence (MPI_Finalize) fails with "failed to send temp kvs" and Slurm kills it (137);
+    # - the release is not in the same second as the revocation, else slurmd refuses the
+    #   launch ("Job credential revoked").
     requeued = cluster.wait_for_states(job, {"PENDING", *cluster.final_states}, timeout=90)[0]
+    requeued_at = time.monotonic()
     assert requeued["JobState"] == "PENDING" and requeued["Restarts"] == "1", (
         f"{requeued}\n{job_logs(logs)}\n{cluster.logs()}")
-    time.sleep(2.5)
+    cluster.wait_step_daemons_gone(job)
+    time.sleep(max(0.0, requeued_at + 2.5 - time.monotonic()))
     first_run = checkpoints(out)
     cluster.run("scontrol", "update", f"jobid={job}", "starttime=now")
     wait_completed(cluster, job, logs, timeout=150)
