@@ -40,7 +40,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,14 +99,9 @@ def drive(args) -> int:
         for p in ranks:
             data = tmp / f"synthetic_{p}.npy"
             write_data(data, PER_RANK * p * args.steps)
-            runs = {"mpi_dml": [], "torch": [], "gemm": []}
-            for rep in range(args.repeats):
-                for kind in runs:  # A B C A B C ...: noise falls on all alike
-                    t0 = time.perf_counter()
-                    runs[kind].append(launch(kind, p, data, args, tmp))
-                    print(f"  ranks {p} repeat {rep + 1}/{args.repeats} {kind:8s} "
-                          f"{_headline(kind, runs[kind][-1])}  ({time.perf_counter() - t0:.1f} s)",
-                          flush=True)
+            runs = common.interleaved(("mpi_dml", "torch", "gemm"), args.repeats,
+                                      lambda kind: launch(kind, p, data, args, tmp),
+                                      f"ranks {p}", _headline)
             results["ranks"][p] = summarize(runs, p, fps)
             if args.profile:
                 results["ranks"][p]["profile"] = launch("profile", p, data, args, tmp)
@@ -118,9 +112,7 @@ def drive(args) -> int:
     print(f"\n1-minute load average: {info['load_avg_1min']} at the start, "
           f"{results['load_avg_1min_end']} at the end ({info['cores']} cores)")
     print(report(results, ranks))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+    common.write_json(args.json, results)
     return 0
 
 

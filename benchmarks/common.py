@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,32 @@ def free_port() -> int:
 
 def median(values) -> float:
     return float(statistics.median(values))
+
+
+def interleaved(kinds, repeats: int, run, label: str, headline) -> dict:
+    """``run(kind)`` ``repeats`` times per kind, in the order A B C A B C ... so that the
+    machine's noise falls on every kind alike; one progress line per run.
+
+    Returns {kind: [result of each repeat]}.
+    """
+    runs = {kind: [] for kind in kinds}
+    for rep in range(repeats):
+        for kind in kinds:
+            t0 = time.perf_counter()
+            runs[kind].append(run(kind))
+            print(f"  {label} repeat {rep + 1}/{repeats} {kind:8s} "
+                  f"{headline(kind, runs[kind][-1])}  ({time.perf_counter() - t0:.1f} s)",
+                  flush=True)
+    return runs
+
+
+def write_json(path, results: dict):
+    """Write ``results`` to ``path`` when one was asked for (--json)."""
+    if path:
+        import json
+
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {path}")
 
 
 def training_summary(out) -> dict:

@@ -25,7 +25,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -127,21 +126,15 @@ def drive(args) -> int:
             for p in ranks:
                 data = tmp / f"{model}_{p}.npy"
                 write_data(data, model, PER_RANK * p * steps)
-                runs = {"mpi_dml": [], "torch": [], "gemm": []}
-                for rep in range(args.repeats):
-                    for kind in runs:  # A B C A B C ...: noise falls on all alike
-                        t0 = time.perf_counter()
-                        runs[kind].append(launch(kind, p, model, data, args, tmp, steps))
-                        print(f"  {model} ranks {p} repeat {rep + 1}/{args.repeats} {kind:8s} "
-                              f"{_headline(kind, runs[kind][-1])}  "
-                              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                runs = common.interleaved(
+                    ("mpi_dml", "torch", "gemm"), args.repeats,
+                    lambda kind: launch(kind, p, model, data, args, tmp, steps),
+                    f"{model} ranks {p}", _headline)
                 results["models"][model]["ranks"][p] = summarize(runs, p, model)
                 data.unlink()
     print()
     print(report(results, models, ranks))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+    common.write_json(args.json, results)
     return 0
 
 
