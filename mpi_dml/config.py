@@ -32,6 +32,8 @@ NONFINITE = ("abort", "skip")
 class TrainConfig:
     data: str = ""                # training data: .csv with a header row, .npy or .npz
     label_column: str = ""        # name of the label column in --data (and --val-data)
+    features: tuple = ()          # feature columns by name; () every column but the label
+                                  # (in .npz: the columns of X)
     out: str = ""                 # output folder for model.safetensors, model.json, metrics
     val_data: str = ""            # optional held-out file in the same format
     val_fraction: float = 0.0     # or: hold out this fraction of --data (whole shards)
@@ -75,6 +77,9 @@ class TrainConfig:
         if isinstance(self.hidden, str):
             self.hidden = parse_int_list(self.hidden, "hidden")
         self.hidden = tuple(self.hidden)
+        if isinstance(self.features, str):
+            self.features = parse_name_list(self.features)
+        self.features = tuple(self.features)
         if not self.task:
             self.task = "regression" if self.model == "linear" else "classification"
 
@@ -128,6 +133,10 @@ class TrainConfig:
         _check(self.grace > 0, "grace", "be > 0", self.grace)
         _check(self.stall_timeout >= 0, "stall_timeout", "be >= 0 (0: no watchdog)", self.stall_timeout)
         _check(self.check_every >= 0, "check_every", "be >= 0 (0: never)", self.check_every)
+        _check(all(isinstance(f, str) and f.strip() for f in self.features), "features",
+               "be a list of column names", ",".join(map(str, self.features)))
+        repeated = sorted({f for f in self.features if self.features.count(f) > 1})
+        _check(not repeated, "features", "name each column once", ",".join(repeated))
         if self.model == "mlp":
             _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
                    "be a list of positive widths", ",".join(map(str, self.hidden)))
@@ -136,6 +145,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["features"] = list(self.features)
         return d
 
 
@@ -155,6 +165,11 @@ def parse_int_list(text: str, name: str) -> tuple:
     except ValueError:
         raise UserError(f"The '{name}' parameter of TrainConfig must be comma-separated "
                         f"integers such as 512,256. Got {text!r} instead.") from None
+
+
+def parse_name_list(text: str) -> tuple:
+    """Comma-separated column names; a name with a comma in it needs the TOML list form."""
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -239,6 +254,13 @@ def _coerce(name, value, default):
             raise UserError(f"The 'hidden' parameter of TrainConfig must be a list of integer "
                             f"widths such as [512, 256]. Got {value!r} instead.")
         return parse_int_list(value, name)
+    if name == "features":
+        if isinstance(value, (list, tuple)):
+            if all(isinstance(v, str) for v in value):
+                return tuple(v.strip() for v in value)
+            raise UserError(f"The 'features' parameter of TrainConfig must be a list of column "
+                            f"names such as [\"age\", \"income\"]. Got {value!r} instead.")
+        return parse_name_list(value)
     kind = type(default)
     if kind is bool:
         if isinstance(value, bool):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from . import sharding
-from .dataset import check_labels, split_block
+from .dataset import check_labels, shown, split_block, unused_note
 from .errors import UserError
 from .gpu import array_module
 from .model_io import atomic_writer, load_model
@@ -67,67 +68,65 @@ def prepare(x, dtype, standardize, *, xp=np):
 
 
 def _read_for_model(loaded, path, comm, label_column, need_labels):
-    """This rank's contiguous slice of ``path`` as a Split, and its first row.
+    """This rank's contiguous slice of ``path`` as a Split, the file, and its first row.
 
-    With ``need_labels`` the label column must be there; without, it is dropped when
-    present (predict accepts files with or without it) and never checked.
+    The model's features are taken from the file by name, in the model's order, so a
+    file may order its columns differently or carry others (ids, say), which are named
+    in a note. With ``need_labels`` the label column must be there; without, it is
+    never read (predict accepts files with or without it).
     """
     table = open_table(path, comm)
-    label_at = comm.agreed(_locate_label, table.columns, loaded.feature_names, label_column,
-                           need_labels, path)
-    features = [c for i, c in enumerate(table.columns) if i != label_at]
-    comm.agreed(_check_features, features, loaded.feature_names, path)
+    features, label_at, unused = comm.agreed(model_columns, table, loaded.feature_names,
+                                             label_column, need_labels)
+    note = unused_note(path, unused, "the model does not use them")
+    if note and comm.is_root:
+        print(f"mpi_dml: note: {note}", file=sys.stderr)
     lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
-    block = table.read(lo, hi)
-    if not need_labels and label_at is not None:
-        block = np.delete(block, label_at, axis=1)  # present but unused: never checked
-        label_at = None
+    wanted = features + ([label_at] if need_labels else [])
     classify = need_labels and loaded.model.is_classifier
-    split = comm.agreed(split_block, block, label_at, path, lo, classify, features)
-    return split, lo
+    split = comm.agreed(split_block, table.read(lo, hi, wanted), table, lo, classify,
+                        loaded.feature_names, has_label=need_labels)
+    return split, table, lo
 
 
-def _locate_label(columns, names, label_column, need_labels, path):
-    """Index of the label column, or None when the file holds only features.
+def model_columns(table, names, label_column, need_labels) -> tuple[list, int | None, list]:
+    """(indices of the model's features in ``table``, label index or None, unused names).
 
     A plain 2-D .npy names its columns by position, so there "the label column" can
     only be told apart from a feature by the file having one column more than the model.
     """
-    positional = _positional(columns, path)
-    if label_column in columns and (not positional or len(columns) == len(names) + 1):
-        return columns.index(label_column)
-    if need_labels:
-        if label_column not in columns:
-            raise UserError(f"{path} has no label column '{label_column}' (the model's); "
-                            f"name it with --label-column")
-        raise UserError(f"{path} has {len(columns) - 1} feature columns but the model was "
-                        f"trained on {len(names)}")
-    return None
-
-
-def _check_features(features, names, path):
-    if len(features) != len(names):
-        raise UserError(f"{path} has {len(features)} feature columns but the model was trained "
-                        f"on {len(names)}")
-    if features != names and not _positional(features + names, path):
-        diff = next(i for i, (a, b) in enumerate(zip(features, names)) if a != b)
-        raise UserError(f"{path} feature column {diff} is '{features[diff]}' but the model "
-                        f"expects '{names[diff]}'")
-
-
-def _positional(columns, path) -> bool:
-    return path.endswith((".npy", ".npz")) and all(c.isdigit() for c in columns)
+    columns, path = table.columns, table.path
+    if need_labels and label_column not in columns:
+        raise UserError(f"{path} has no label column '{label_column}' (the model's); "
+                        f"name it with --label-column")
+    if table.positional:
+        if label_column in columns and len(columns) == len(names) + 1:
+            label_at = columns.index(label_column)
+            return [i for i in range(len(columns)) if i != label_at], label_at, []
+        if need_labels or len(columns) != len(names):
+            n = len(columns) - need_labels
+            raise UserError(f"{path} has {n} feature columns but the model was trained on "
+                            f"{len(names)}")
+        return list(range(len(columns))), None, []
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise UserError(f"{path} has no column named '{missing[0]}', which the model was "
+                        f"trained on ({len(missing)} of its {len(names)} features are missing; "
+                        f"columns: {shown(columns)})")
+    label_at = columns.index(label_column) if label_column in columns else None
+    unused = [c for c in columns if c not in names and c != label_column]
+    return [columns.index(name) for name in names], label_at, unused
 
 
 def evaluate_command(args, comm, kernels) -> dict:
     """Metrics of a saved model on labelled data; rank 0 prints them as JSON."""
     loaded = comm.agreed(load_model, args.model)
     label = args.label_column or loaded.info.get("label_column")
-    split, lo = _read_for_model(loaded, args.data, comm, label, need_labels=True)
+    split, table, lo = _read_for_model(loaded, args.data, comm, label, need_labels=True)
     model = loaded.model
     if model.is_classifier:
         n_classes = model.n_outputs if model.loss == "softmax" else 2
-        comm.agreed(check_labels, split, n_classes, args.data, lo, model.kind)
+        comm.agreed(check_labels, split, n_classes, table, lo, model.kind)
     metrics = split_metrics(model, loaded.params, split.x, split.y, kernels, comm,
                             standardize=loaded.standardize)
     if comm.is_root:
@@ -139,8 +138,8 @@ def predict_command(args, comm, kernels):
     """One CSV row per input row, in input order, written by rank 0."""
     loaded = comm.agreed(load_model, args.model)
     comm.agreed_on_root(_check_output, args.output)
-    split, _ = _read_for_model(loaded, args.data, comm, loaded.info.get("label_column"),
-                               need_labels=False)
+    split, _, _ = _read_for_model(loaded, args.data, comm, loaded.info.get("label_column"),
+                                  need_labels=False)
     model, params = loaded.model, loaded.params
     raw = [model.predict_raw(params, prepare(split.x[i:i + EVAL_CHUNK], params.dtype,
                                              loaded.standardize), kernels)

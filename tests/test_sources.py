@@ -412,3 +412,94 @@ def test_missing_file_fails_every_rank(n, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert output.count("No such file:") == 1, output
+
+
+# --- RFC 4180 quoting, line endings, rewrites -------------------------------------------
+def test_csv_quoted_numbers_as_exporters_write_them(comm, tmp_path):
+    """Excel, R's write.csv and many databases quote every cell: Python's csv module
+    writes the same file here, and the numbers must come back unchanged."""
+    import csv
+    data = make_data(n_rows=20)
+    data[~np.isfinite(data)] = 0.5
+    path = tmp_path / "quoted.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, quoting=csv.QUOTE_ALL)
+        writer.writerow(["id", "size, in cm", 'the "best" guess', "z"])
+        writer.writerows([[repr(float(v)) for v in row] for row in data])
+    table = sources.open_table(path, comm)
+    assert table.columns == ["id", "size, in cm", 'the "best" guess', "z"]
+    np.testing.assert_array_equal(table.read(0, 20), data)
+
+
+def test_csv_header_name_with_a_line_break(comm, tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_bytes(b'"first\nname",b\r\n1,2\r\n3,x\r\n')
+    table = sources.open_table(path, comm)
+    assert table.columns == ["first\nname", "b"] and table.n_rows == 2
+    np.testing.assert_array_equal(table.read(0, 1), [[1, 2]])
+    # The header takes file lines 1-2, so the second data row is on line 4.
+    with pytest.raises(UserError, match=r"multi\.csv line 4: column 'b' holds 'x'"):
+        table.read(0, 2)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('a,"b\n1,2\n', r"line 1: the header opens a quote that it never closes"),
+    ("a,b\r1,2\r3,4\r", r"ends its lines with a carriage return alone \(classic Mac OS"),
+])
+def test_csv_header_quote_and_line_end_errors(comm, tmp_path, text, message):
+    path = tmp_path / "h.csv"
+    path.write_bytes(text.encode())
+    with pytest.raises(UserError, match=message):
+        sources.open_table(path, comm)
+
+
+@pytest.mark.parametrize("line,message", [
+    ('1,"2",3,"x"', r"line 3: column 'pixel_3' holds 'x', which is not a number"),
+    ('1, "2",3,4', r"line 3: column 'pixel_1' holds '\"2\"', which is not a number \(a quoted"),
+    ("1,2\r3,4", r"line 3: holds a carriage return inside the line"),
+])
+def test_csv_quoted_and_carriage_return_cells_are_named(comm, tmp_path, line, message):
+    table = sources.open_table(bad_csv(tmp_path, 3, line), comm)
+    with pytest.raises(UserError, match=message):
+        table.read(0, table.n_rows)
+
+
+def test_csv_rewrite_of_the_same_size_is_noticed(comm, tmp_path):
+    """A file replaced between opening and reading, keeping its size, is refused."""
+    import os
+    path = write_csv(tmp_path / "d.csv", make_data(n_rows=10))
+    table = sources.open_table(path, comm)
+    before = os.stat(path)
+    path.write_bytes(path.read_bytes().replace(b"e", b"E"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    assert os.path.getsize(path) == before.st_size
+    with pytest.raises(UserError, match="changed while it was being read"):
+        table.read(0, 10)
+
+
+# --- choosing columns ------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("cols", [[2], [3, 0], [1, 2, 3], [0, 1, 2, 3]])
+def test_read_chosen_columns(comm, every_format, fmt, cols):
+    paths, truth = every_format
+    got = sources.open_table(paths[fmt], comm).read(4, 29, cols)
+    assert got.dtype == np.float64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, truth[4:29][:, cols])
+
+
+def test_npz_features_are_the_columns_of_x(comm, tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, X=np.ones((4, 2)), y=np.arange(4), row_id=np.arange(4) + 100)
+    table = sources.open_table(path, comm)
+    assert table.columns == ["x0", "x1", "y", "row_id"]
+    assert table.feature_columns == ["x0", "x1"]
+    assert sources.open_table(write_csv(tmp_path / "d.csv", np.ones((2, 4))), comm).feature_columns == NAMES
+
+
+def test_csv_unclosed_quote_in_a_long_header_stops_early(comm, tmp_path, monkeypatch):
+    """An unclosed quote must not read a whole file in search of the header's end."""
+    monkeypatch.setattr(csv_table, "_MAX_HEADER", 1000)
+    path = tmp_path / "big.csv"
+    path.write_bytes(b'a,"b\n' + b"1,2\n" * 2000)
+    with pytest.raises(UserError, match=r"line 1: the header is longer than .* never closes"):
+        sources.open_table(path, comm)

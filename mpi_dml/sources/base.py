@@ -11,21 +11,36 @@ from ..errors import UserError
 
 
 class Table:
-    """Columns and row count of one data file, readable in row ranges by every rank."""
+    """Columns and row count of one data file, readable in row ranges by every rank.
 
-    def __init__(self, path: str, comm, columns: list[str], n_rows: int):
+    ``columns`` are every column the file offers; ``feature_columns`` are those that
+    are features unless the user names others (all of them, except in ``.npz`` files,
+    where only the columns of the 2-D feature array are). ``positional`` tables (a
+    plain 2-D ``.npy``) name their columns by number, so only the count and order of
+    their columns say which is which.
+    """
+
+    positional = False
+
+    def __init__(self, path: str, comm, columns: list[str], n_rows: int,
+                 feature_columns: list[str] | None = None):
         self.path = path
         self.comm = comm
         self.columns = columns
         self.n_rows = n_rows
+        self.feature_columns = list(columns if feature_columns is None else feature_columns)
 
     @classmethod
     def open(cls, path: str, comm) -> "Table":
         raise NotImplementedError
 
-    def read(self, lo: int, hi: int) -> np.ndarray:
-        """Collective: global rows ``lo .. hi-1`` of every column, as float64."""
+    def read(self, lo: int, hi: int, columns=None) -> np.ndarray:
+        """Collective: global rows ``lo .. hi-1`` as float64, of every column or of the
+        column indices ``columns``, in that order."""
         lo, hi = operator.index(lo), operator.index(hi)
+        cols = list(range(len(self.columns))) if columns is None else [operator.index(c) for c in columns]
+        if any(not 0 <= c < len(self.columns) for c in cols):
+            raise ValueError(f"columns {cols} asked of {self.path}, which has {len(self.columns)}")
         # Every rank sees every request, so a bad range fails the same way everywhere
         # and formats that need to cooperate (CSV) know all boundaries.
         ranges = self.comm.allgather((lo, hi))
@@ -35,13 +50,18 @@ class Table:
                     f"rank {rank} asked for rows [{r_lo}, {r_hi}) of {self.path}, "
                     f"which has {self.n_rows} rows"
                 )
-        return self._read(lo, hi, ranges)
+        return self._read(lo, hi, ranges, cols)
 
-    def _read(self, lo: int, hi: int, ranges: list) -> np.ndarray:
+    def _read(self, lo: int, hi: int, ranges: list, cols: list[int]) -> np.ndarray:
         raise NotImplementedError
 
-    def _new_block(self, lo: int, hi: int) -> np.ndarray:
-        return np.empty((hi - lo, len(self.columns)), dtype=np.float64)
+    def _new_block(self, lo: int, hi: int, width: int | None = None) -> np.ndarray:
+        return np.empty((hi - lo, len(self.columns) if width is None else width),
+                        dtype=np.float64)
+
+    def where(self, row: int) -> str:
+        """Where global data row ``row`` is, in words a user can look up."""
+        return f"{self.path} row {row}"
 
     def __repr__(self):
         return f"{type(self).__name__}({self.path!r}, {len(self.columns)} columns, {self.n_rows} rows)"
@@ -75,5 +95,12 @@ def reading(path: str):
 
 def changed_error(path: str) -> UserError:
     return UserError(f"{path} changed while it was being read")
+
+
+def file_stamp(f) -> tuple[int, int]:
+    """(size, modification time in ns) of an open file: a rewrite that keeps the
+    size still moves the time."""
+    st = os.fstat(f.fileno())
+    return st.st_size, st.st_mtime_ns
 
 

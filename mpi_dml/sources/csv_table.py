@@ -1,7 +1,14 @@
-"""CSV tables: byte ranges aligned to line ends, counted then read by their owners."""
+"""CSV tables: byte ranges aligned to line ends, counted then read by their owners.
+
+Quoting follows RFC 4180: a cell may be wrapped in double quotes (``"1.5"``, as Excel,
+R's ``write.csv`` and many databases write numbers), and a quote inside a quoted
+header name is doubled (``"the ""best"" guess"``). Header names may hold commas and line
+breaks inside quotes; data cells are numbers, so a data line ends at its newline.
+"""
 from __future__ import annotations
 
 import collections
+import csv
 import io
 import os
 import warnings
@@ -10,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from .base import Table, changed_error, check_file, reading
+from .base import Table, changed_error, check_file, file_stamp, reading
 
 # Bytes read at a time while looking for line starts in a CSV byte range.
 _SCAN_BLOCK = 1 << 24
@@ -22,6 +29,9 @@ _PARSE_BLOCK = 1 << 26
 # index stays tiny even for huge files.
 _INDEX_STRIDE = 1 << 14
 
+# A header record longer than this is not a header: an unclosed quote swallowing data.
+_MAX_HEADER = 1 << 24
+
 _NEWLINE = ord("\n")
 _WHITESPACE = b" \t\r\n"
 
@@ -30,7 +40,8 @@ class _CsvLayout:
     """Where things are in a CSV file, as seen by one rank."""
 
     columns: list[str]
-    file_size: int
+    stamp: tuple  # (size, mtime in ns) when scanned; a change means a rewrite
+    header_lines: int  # lines the header takes (a quoted name may hold line breaks)
     data_start: int  # first byte after the header line
     data_end: int  # one past the last non-blank byte; trailing blank lines lie beyond
     begin: int  # this rank's byte range [begin, end) of the data
@@ -55,10 +66,10 @@ class CsvTable(Table):
         n_rows = comm.allreduce_int(layout.count)
         return cls(path, comm, layout, first_row, n_rows)
 
-    def _read(self, lo, hi, ranges):
+    def _read(self, lo, hi, ranges, cols):
         boundaries = sorted({row for r_lo, r_hi in ranges if r_lo < r_hi for row in (r_lo, r_hi)})
         if not boundaries:  # every rank asked for nothing; all ranks agree on that
-            return self._new_block(lo, hi)
+            return self._new_block(lo, hi, len(cols))
         # Each boundary row starts in exactly one rank's byte range; that rank fills in
         # its offset and the rest leave -1, so a max-reduction shares all of them.
         offsets = self.comm.agreed(self._boundary_offsets, boundaries)
@@ -67,7 +78,11 @@ class CsvTable(Table):
             start = stop = 0
         else:
             start, stop = (int(offsets[boundaries.index(row)]) for row in (lo, hi))
-        return self.comm.agreed(self._parse_rows, lo, hi, start, stop)
+        block = self.comm.agreed(self._parse_rows, lo, hi, start, stop)
+        # Every cell is parsed to check it; only the asked-for columns are kept.
+        if cols == list(range(len(self.columns))):
+            return block
+        return np.ascontiguousarray(block[:, cols])
 
     def _boundary_offsets(self, rows: list[int]) -> np.ndarray:
         layout = self._layout
@@ -83,7 +98,7 @@ class CsvTable(Table):
         return offsets
 
     def _check_unchanged(self, f):
-        if os.fstat(f.fileno()).st_size != self._layout.file_size:
+        if file_stamp(f) != self._layout.stamp:
             raise changed_error(self.path)
 
     def _parse_rows(self, lo: int, hi: int, start: int, stop: int) -> np.ndarray:
@@ -114,39 +129,58 @@ class CsvTable(Table):
         if piece.endswith(b"\n"):
             lines.pop()
         bad = _first_bad_line(lines, ncols)
-        line_number = first_row + bad + 2  # 1-based, and the header is line 1
-        raise UserError(f"{self.path} line {line_number}: {_describe_bad_line(lines[bad], self.columns)}")
+        what = _describe_bad_line(lines[bad], self.columns)
+        raise UserError(f"{self.where(first_row + bad)}: {what}")
+
+    def where(self, row: int) -> str:
+        return f"{self.path} line {row + 1 + self._layout.header_lines}"  # lines count from 1
 
 
 def _scan_csv(path: str, rank: int, size: int) -> _CsvLayout:
     """Read the header, find the data region, and index this rank's byte range."""
-    file_size = check_file(path)
+    check_file(path)
     with reading(path) as f:
-        header, data_start = _read_header_line(f)
+        stamp = file_stamp(f)
+        file_size = stamp[0]
+        header, data_start = _read_header_record(f, path)
         columns = _parse_header(header, path)
         data_end = _find_data_end(f, data_start, file_size)
         span = data_end - data_start
         begin = data_start + span * rank // size
         end = data_start + span * (rank + 1) // size
         count, checkpoints = _index_lines(f, begin, end, data_start, _INDEX_STRIDE)
-    return _CsvLayout(columns, file_size, data_start, data_end, begin, end, count,
-                      _INDEX_STRIDE, checkpoints)
+    return _CsvLayout(columns, stamp, header.count(b"\n") + 1, data_start, data_end, begin,
+                      end, count, _INDEX_STRIDE, checkpoints)
 
 
-def _read_header_line(f) -> tuple[bytes, int]:
-    """The first line (without its newline) and the offset just past it."""
-    parts = []
+def _read_header_record(f, path: str) -> tuple[bytes, int]:
+    """The header record (without its newline) and the offset just past it.
+
+    The record ends at the first newline outside quotes: a quoted name may hold a
+    line break (RFC 4180). Quotes toggle "inside", and a doubled quote toggles twice,
+    so counting them is enough.
+    """
+    parts, quotes = [], 0
     while True:
         block = f.read(1 << 16)
-        newline = block.find(b"\n")
-        if newline >= 0:
-            parts.append(block[:newline])
-            header = b"".join(parts)
-            return header, len(header) + 1
         if not block:  # a header with no newline: the file has no data lines
             header = b"".join(parts)
             return header, len(header)
+        at = 0
+        while True:
+            newline = block.find(b"\n", at)
+            if newline < 0:
+                quotes += block.count(b'"', at)
+                break
+            quotes += block.count(b'"', at, newline)
+            if quotes % 2 == 0:
+                header = b"".join(parts) + block[:newline]
+                return header, len(header) + 1
+            at = newline + 1
         parts.append(block)
+        if sum(map(len, parts)) > _MAX_HEADER:
+            raise UserError(f"{path} line 1: the header is longer than {_MAX_HEADER >> 20} MB; "
+                            f"a quote that opens a column name and never closes?")
 
 
 def _parse_header(raw: bytes, path: str) -> list[str]:
@@ -154,10 +188,19 @@ def _parse_header(raw: bytes, path: str) -> list[str]:
         text = raw.decode("utf-8-sig")  # tolerate the byte-order mark some editors write
     except UnicodeDecodeError:
         raise UserError(f"{path} line 1: the header is not UTF-8 text") from None
-    text = text.rstrip("\r")
+    text = text[:-1] if text.endswith("\r") else text
     if not text.strip():
         raise UserError(f"{path} line 1 should be a header of comma-separated column names, but it is blank")
-    names = [_unquote(cell) for cell in text.split(",")]
+    if _lone_carriage_return(text):
+        raise UserError(f"{path} ends its lines with a carriage return alone (classic Mac OS "
+                        f"line endings), which this reader does not take; convert it to \\n "
+                        f"line endings, e.g. tr '\\r' '\\n' < {path} > fixed.csv")
+    if text.count('"') % 2:
+        raise UserError(f"{path} line 1: the header opens a quote that it never closes; "
+                        f"a quote inside a quoted name is written twice (\"\")")
+    # Lenient about spaces around quoted names (a, "b" ,c), which exporters and hand
+    # edits produce; the spaces are not part of the name.
+    names = [name.strip() for name in next(csv.reader([text], skipinitialspace=True))]
     for i, name in enumerate(names, start=1):
         if not name:
             raise UserError(f"{path} line 1: column {i} of the header has an empty name")
@@ -168,11 +211,15 @@ def _parse_header(raw: bytes, path: str) -> list[str]:
     return names
 
 
-def _unquote(cell: str) -> str:
-    name = cell.strip()
-    if len(name) >= 2 and name[0] == name[-1] == '"':
-        name = name[1:-1].strip()
-    return name
+def _lone_carriage_return(text: str) -> bool:
+    """A carriage return outside quotes that does not end the line."""
+    inside = False
+    for ch in text:
+        if ch == '"':
+            inside = not inside
+        elif ch == "\r" and not inside:
+            return True
+    return False
 
 
 def _find_data_end(f, data_start: int, file_size: int) -> int:
@@ -259,7 +306,7 @@ def _loadtxt(text: bytes):
         warnings.simplefilter("ignore")  # "input contained no data" for blank-only text
         try:
             return np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.float64,
-                              ndmin=2, comments=None)
+                              ndmin=2, comments=None, quotechar='"')
         except ValueError:
             return None
 
@@ -291,14 +338,20 @@ def _describe_bad_line(raw: bytes, columns: list[str]) -> str:
         text = text[:-1]
     if not text.strip():
         return "blank line (blank lines are allowed only at the end of the file)"
-    cells = text.split(",")
+    if _lone_carriage_return(text):
+        return ("holds a carriage return inside the line: the file mixes in classic Mac OS "
+                "line endings (a carriage return alone); convert them to \\n")
+    try:
+        cells = next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        return f"is not valid CSV ({exc})"
     if len(cells) != len(columns):
         return f"expected {len(columns)} comma-separated values (as in the header), found {len(cells)}"
     for name, cell in zip(columns, cells):
         if not cell.strip():
             return f"column {name!r} is empty"
         if not _lines_parse([cell.encode("utf-8")], 1):
-            return f"column {name!r} holds {cell.strip()!r}, which is not a number"
+            hint = (" (a quoted value needs its quotes at the very start and end of the cell)"
+                    if '"' in cell else "")
+            return f"column {name!r} holds {cell.strip()!r}, which is not a number{hint}"
     return f"could not read the line as {len(columns)} numbers"
-
-

@@ -20,22 +20,26 @@ class NpyTable(Table):
 
     @classmethod
     def open(cls, path, comm):
-        columns, n_rows = comm.agreed(_inspect_npy, path)
-        return cls(path, comm, columns, n_rows)
+        columns, n_rows, positional = comm.agreed(_inspect_npy, path)
+        table = cls(path, comm, columns, n_rows)
+        table.positional = positional
+        return table
 
-    def _read(self, lo, hi, ranges):
-        return self.comm.agreed(self._read_rows, lo, hi)
+    def _read(self, lo, hi, ranges, cols):
+        return self.comm.agreed(self._read_rows, lo, hi, cols)
 
-    def _read_rows(self, lo: int, hi: int) -> np.ndarray:
-        out = self._new_block(lo, hi)
+    def _read_rows(self, lo: int, hi: int, cols: list[int]) -> np.ndarray:
+        out = self._new_block(lo, hi, len(cols))
         if lo == hi:
             return out
         array = _map_npy(self.path)
         if array.dtype.names:
-            for j, name in enumerate(array.dtype.names):
-                out[:, j] = array[name][lo:hi]
-        else:
+            for j, c in enumerate(cols):
+                out[:, j] = array[array.dtype.names[c]][lo:hi]
+        elif cols == list(range(array.shape[1])):
             out[...] = array[lo:hi]
+        else:
+            out[...] = array[lo:hi][:, cols]
         return out
 
 
@@ -59,9 +63,9 @@ def _inspect_npy(path: str):
             field = dtype.fields[name][0]
             if field.shape or field.kind not in _NUMERIC_KINDS:
                 raise UserError(f"{path}: field {name!r} holds {field}, not a single number per row")
-        return list(dtype.names), array.shape[0]
+        return list(dtype.names), array.shape[0], False
     if not dtype.names and array.ndim == 2 and dtype.kind in _NUMERIC_KINDS:
-        return [str(j) for j in range(array.shape[1])], array.shape[0]
+        return [str(j) for j in range(array.shape[1])], array.shape[0], True
     raise UserError(
         f"{path} holds a {array.ndim}-D array of {dtype}; expected a 2-D numeric array "
         "(rows, columns) or a 1-D structured array with numeric fields"
@@ -91,10 +95,11 @@ class _Member:
 
 
 class NpzTable(Table):
-    """One 2-D feature array plus 1-D numeric arrays of the same length (targets)."""
+    """One 2-D feature array plus 1-D numeric arrays of the same length (labels, and
+    anything else, such as row ids or weights, which are features only when named)."""
 
     def __init__(self, path, comm, columns, n_rows, members: list[_Member]):
-        super().__init__(path, comm, columns, n_rows)
+        super().__init__(path, comm, columns, n_rows, feature_columns=columns[:members[0].width])
         self._members = members  # the feature array first, then the 1-D columns
 
     @classmethod
@@ -102,22 +107,32 @@ class NpzTable(Table):
         columns, n_rows, members = comm.agreed(_inspect_npz, path)
         return cls(path, comm, columns, n_rows, members)
 
-    def _read(self, lo, hi, ranges):
-        return self.comm.agreed(self._read_rows, lo, hi)
+    def _read(self, lo, hi, ranges, cols):
+        return self.comm.agreed(self._read_rows, lo, hi, cols)
 
-    def _read_rows(self, lo: int, hi: int) -> np.ndarray:
-        out = self._new_block(lo, hi)
+    def _read_rows(self, lo: int, hi: int, cols: list[int]) -> np.ndarray:
+        out = self._new_block(lo, hi, len(cols))
         if out.size == 0:
             return out
-        col = 0
+        first = 0
         with _npz_errors(self.path), zipfile.ZipFile(self.path) as zf:
             for member in self._members:
-                block = out[:, col : col + member.width]
+                wanted = [(j, c - first) for j, c in enumerate(cols)
+                          if first <= c < first + member.width]
+                first += member.width
+                if not wanted:
+                    continue  # members nobody asked for are never read
+                j0 = wanted[0][0]
+                whole = wanted == [(j0 + k, k) for k in range(member.width)]
+                # The whole member, in order: straight into place, with no second copy.
+                block = out[:, j0:j0 + member.width] if whole else np.empty((hi - lo, member.width))
                 if member.file_offset is not None:
                     _copy_mapped(self.path, member, lo, hi, block)
                 else:
                     _copy_streamed(zf, member, lo, hi, block)
-                col += member.width
+                if not whole:
+                    for j, k in wanted:
+                        out[:, j] = block[:, k]
         return out
 
 
