@@ -19,11 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .kernels.reference import ACTIVATIONS
-from .models import Layer, Model
-
-FORMAT = "mpi_dml.model"
-FORMAT_VERSION = 1
+from .model_check import FORMAT, FORMAT_VERSION, check_description, check_tensors
+from .models import Model
 
 
 @contextmanager
@@ -61,7 +58,11 @@ def atomic_write(path, data: bytes):
 
 
 def save_model(out_dir, model: Model, params: np.ndarray, meta: dict, standardize=None):
-    """Write the model files into ``out_dir`` (rank 0 only)."""
+    """Write the model files into ``out_dir`` (rank 0 only).
+
+    ``meta`` must hold at least ``feature_names``, ``label_column`` and ``classes`` (as
+    ``Trainer._meta`` gives them): ``load_model`` refuses a folder without them.
+    """
     from safetensors.numpy import save
 
     out_dir = Path(out_dir)
@@ -101,7 +102,7 @@ class LoadedModel:
 
 
 def load_model(model_dir) -> LoadedModel:
-    """Read and check a model folder; any problem is one UserError."""
+    """Read and check a model folder; any problem is one UserError (see model_check)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
@@ -111,35 +112,32 @@ def load_model(model_dir) -> LoadedModel:
         if not p.is_file():
             raise UserError(f"No model at {model_dir}: {p.name} is missing")
     try:
-        info = json.loads(json_path.read_text())
-        if info.get("format") != FORMAT:
-            raise ValueError("not an mpi_dml model")
-        layers = [Layer(int(a), int(b), str(c)) for a, b, c in info["layers"]]
-        if not layers or any(l.activation not in ACTIVATIONS for l in layers):
-            raise ValueError("bad layer list")
-        model = Model(info["kind"], layers, info["loss"])
-        dtype = np.dtype(info["dtype"])
-        names = info["feature_names"]
-        if len(names) != model.n_features:
-            raise ValueError(f"{len(names)} feature names for {model.n_features} inputs")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{json_path} is not a valid mpi_dml model description ({exc})") from None
-    blob = st_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != info.get("tensors_sha256"):
+        info = json.loads(_read(json_path))
+    except ValueError as exc:  # bad JSON or bad UTF-8
+        raise UserError(f"{json_path} is not valid JSON ({exc}); it must be the model.json "
+                        f"that train writes") from None
+    model = check_description(info, json_path)
+    blob = _read(st_path)
+    if hashlib.sha256(blob).hexdigest() != info["tensors_sha256"]:
         raise UserError(f"{st_path} does not match {json_path.name} (truncated, damaged or "
                         f"from another run)")
     try:
         tensors = load(blob)
-    except (SafetensorError, ValueError) as exc:
+    except (SafetensorError, ValueError, TypeError, LookupError) as exc:  # LookupError: bf16
         raise UserError(f"{st_path} is not a readable safetensors file ({exc})") from None
-    params = np.zeros(model.size, dtype=dtype)
+    dtype = np.dtype(info["dtype"])
+    check_tensors(tensors, model, dtype, info["standardize"], st_path)
+    params = np.empty(model.size, dtype=dtype)
     for name, view in model.named(params).items():
-        if name not in tensors or tensors[name].shape != view.shape:
-            raise UserError(f"{st_path} lacks tensor {name} of shape {view.shape}")
         view[...] = tensors[name]
     standardize = None
-    if info.get("standardize"):
-        standardize = tuple(tensors.get(f"standardize.{k}") for k in ("mean", "std"))
-        if any(t is None or t.shape != (model.n_features,) for t in standardize):
-            raise UserError(f"{st_path} lacks standardization tensors of {model.n_features} values")
+    if info["standardize"]:
+        standardize = (tensors["standardize.mean"], tensors["standardize.std"])
     return LoadedModel(model, params, info, standardize)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"Cannot read {path} ({exc.strerror}); check its permissions") from None

@@ -39,7 +39,8 @@ def test_model_files_round_trip_and_are_readable_by_others(tmp_path):
     model = build_model("mlp", "classification", 3, 4, (5,), "tanh")
     params = np.random.default_rng(0).normal(size=model.size).astype(np.float32)
     scale = (np.arange(3.0), np.ones(3))
-    save_model(tmp_path, model, params, {"feature_names": ["a", "b", "c"]}, scale)
+    meta = {"feature_names": ["a", "b", "c"], "label_column": "y", "classes": [0, 1, 2, 3]}
+    save_model(tmp_path, model, params, meta, scale)
     loaded = load_model(tmp_path)
     np.testing.assert_array_equal(loaded.params, params)
     np.testing.assert_array_equal(loaded.standardize[0], scale[0])
@@ -55,7 +56,8 @@ def test_model_json_without_required_keys_is_refused(tmp_path):
     save_model(tmp_path, model, np.zeros(model.size), {"feature_names": ["a", "b"]})
     text = (tmp_path / "model.json").read_text().replace('"dtype"', '"dtype_"')
     (tmp_path / "model.json").write_text(text)
-    with pytest.raises(UserError, match="not a valid mpi_dml model description"):
+    with pytest.raises(UserError, match="model.json: 'dtype' must be one of float32, float64. "
+                                        "Got nothing"):
         load_model(tmp_path)
 
 
