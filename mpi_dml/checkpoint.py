@@ -12,20 +12,38 @@ Why a kill cannot lose the last good checkpoint: the new file is written to a hi
 temporary name (``.ckpt-*.tmp``, which the listing ignores), fsynced, renamed over its
 final name, and the folder is fsynced so the rename itself is on disk. Only then are
 older checkpoints removed. At every instant the newest visible ``ckpt-*`` file is whole.
+
+Nothing with a later step than the one being continued is ever deleted: such checkpoints
+belong to a line of training that a resume from an earlier point abandoned, and they
+cost hours to remake. They are moved into a subfolder named for what it holds and when,
+``superseded-after-step-36-20261130T101500Z/`` (or ``superseded-other-run-<time>/`` for
+checkpoints of a run that a resume from another folder replaces), which the listing
+does not enter, so ``--resume latest`` continues the resumed run. Rotation deletes only
+older checkpoints beyond ``--keep``. A fresh start (no ``--resume``) refuses a folder
+that already holds checkpoints: they are another run's, and a crash before the first
+checkpoint of the new run would otherwise leave ``--resume auto`` continuing theirs.
+
+    $ python -m mpi_dml train --config c.toml --out runs/a --checkpoint-every 12
+    $ python -m mpi_dml train --config c.toml --out runs/a \
+          --resume runs/a/checkpoints/ckpt-000000036.safetensors   # moves 48, 60, ... aside
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import math
 import os
 import re
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig
 from .errors import UserError
 from .model_io import atomic_write
 
@@ -36,6 +54,7 @@ _NAME = re.compile(r"ckpt-(\d{9,})\.safetensors")
 _MAX_HEADER = 100_000_000
 # These settings fix which rows form each batch and in what order; resuming under
 # other values would silently train on a different sequence than the one started.
+_DEFAULTS = TrainConfig().to_dict()
 _BATCH_SETTINGS = ("batch_size", "shards", "seed", "val_fraction", "standardize")
 # Settings that may differ freely between a run and its resumption, without a note.
 _RUN_SETTINGS = ("resume", "out", "progress", "threads", "device", "gpu_exchange",
@@ -67,11 +86,16 @@ def model_description(model, dtype) -> dict:
 
 
 # --- writing ------------------------------------------------------------------------
-def save_checkpoint(folder, state: CheckpointState, *, keep: int) -> Path:
+def print_note(message: str):
+    print(f"mpi_dml: note: {message}", file=sys.stderr)
+
+
+def save_checkpoint(folder, state: CheckpointState, *, keep: int, note=print_note) -> Path:
     """Write ``state`` as ``folder/ckpt-{step:09d}.safetensors`` (rank 0 only).
 
     Once the new file is durably in place, removes older checkpoints beyond the newest
-    ``keep`` and temporary files of earlier writers that were killed.
+    ``keep`` and temporary files of earlier writers that were killed. Checkpoints with a
+    later step are moved aside, and ``note`` is told where.
     """
     from safetensors.numpy import save
 
@@ -92,7 +116,7 @@ def save_checkpoint(folder, state: CheckpointState, *, keep: int) -> Path:
     path = folder / f"ckpt-{int(state.step):09d}.safetensors"
     atomic_write(path, save(tensors, metadata=meta))
     _fsync_dir(folder)
-    _rotate(folder, path, keep)
+    _rotate(folder, path, keep, note)
     return path
 
 
@@ -151,14 +175,19 @@ def _fsync_dir(folder: Path):
         os.close(fd)
 
 
-def _rotate(folder: Path, written: Path, keep: int):
+def _rotate(folder: Path, written: Path, keep: int, note=print_note):
     step = _step_of(written)
-    # A checkpoint with a later step than the one just written is from a run that was
-    # resumed from an earlier point: left in place, "latest" would undo that resume.
     found = list_checkpoints(folder)
-    older = [p for p in found if _step_of(p) < step]
+    # A checkpoint with a later step than the one just written is from a line that was
+    # resumed from an earlier point: left in place, "latest" would undo that resume.
+    # Resuming moves them aside first; one found here (a file copied in) gets the same.
     later = [p for p in found if _step_of(p) > step]
-    for p in later + older[:max(len(older) - (keep - 1), 0)]:
+    if later:
+        note(_moved_note(_move_aside(folder, later, f"superseded-after-step-{step}"),
+                         later, f"after step {step}", f"this run has just written step "
+                         f"{step}, so they are not on its line"))
+    older = [p for p in found if _step_of(p) < step]
+    for p in older[:max(len(older) - (keep - 1), 0)]:
         p.unlink(missing_ok=True)
     # Temporary files of a writer killed mid-write; anything older than our own write
     # cannot belong to a writer still running.
@@ -171,13 +200,101 @@ def _rotate(folder: Path, written: Path, keep: int):
             pass
 
 
+# --- moving another line's checkpoints aside -----------------------------------------
+def set_aside_for_resume(out, resumed_from, step: int) -> str | None:
+    """Rank 0, once a resume from ``resumed_from`` (at ``step``) is accepted and before
+    it trains: move the checkpoints in ``OUT/checkpoints`` that are not on its line into
+    a subfolder, so "latest" continues this run and rotation deletes none of them.
+
+    Not on its line: those with a later step when ``resumed_from`` is in that folder;
+    all of them when it is elsewhere (another run's, or an abandoned attempt of this
+    one). Returns the note that says where they went, or None when nothing moved.
+    """
+    folder = Path(out) / "checkpoints"
+    found = list_checkpoints(folder)
+    if not found:
+        return None
+    resumed_from = Path(resumed_from)
+    if _same_folder(resumed_from.parent, folder):
+        later = [p for p in found if _step_of(p) > step]
+        if not later:
+            return None
+        dest = _move_aside(folder, later, f"superseded-after-step-{step}")
+        return _moved_note(dest, later, f"after step {step}",
+                           f"this run continues from {resumed_from.name}; to go back to "
+                           f"that line, pass one of them to --resume")
+    dest = _move_aside(folder, found, "superseded-other-run")
+    return _moved_note(dest, found, "of another run (or of an abandoned attempt)",
+                       f"this run resumes from {resumed_from}, in another folder, and "
+                       f"writes its own checkpoints here")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _move_aside(folder: Path, paths: list, prefix: str) -> Path:
+    """Move ``paths`` into a new subfolder ``PREFIX-<UTC time>`` of ``folder``.
+
+    A rename within one folder's file system: no copy, nothing half-moved on a kill but
+    the files not yet renamed, which stay visible where they were.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = None
+    try:
+        dest = _new_folder(folder, f"{prefix}-{stamp}")
+        for p in paths:
+            os.rename(p, dest / p.name)
+        _fsync_dir(dest)
+        _fsync_dir(folder)
+    except OSError as exc:
+        if dest is not None:
+            with contextlib.suppress(OSError):
+                dest.rmdir()  # only if nothing reached it
+        span = _span(paths)
+        raise UserError(f"Cannot move {span} in {folder} aside into a '{prefix}-...' "
+                        f"subfolder ({exc.strerror or exc}), and they must not be deleted: "
+                        f"make {folder} writable, or move them out of it yourself, then "
+                        f"run again") from None
+    return dest
+
+
+def _new_folder(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``name-2``, ``-3``, ... when a set-aside in the same second
+    already took it."""
+    for n in range(1, 1000):
+        dest = folder / (name if n == 1 else f"{name}-{n}")
+        try:
+            dest.mkdir()
+            return dest
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"{name}-1 to -999 all exist", str(folder / name))
+
+
+def _span(paths: list) -> str:
+    if len(paths) == 1:
+        return f"checkpoint {paths[0].name}"
+    return f"{len(paths)} checkpoints ({paths[0].name} to {paths[-1].name})"
+
+
+def _moved_note(dest: Path, paths: list, which: str, why: str) -> str:
+    kept = "it is" if len(paths) == 1 else "they are"
+    return (f"moved {_span(paths)} {which} into {dest}/, where {kept} kept but never "
+            f"taken as the latest: {why}")
+
+
 # --- finding ------------------------------------------------------------------------
 def _step_of(path: Path) -> int:
     return int(_NAME.fullmatch(path.name).group(1))
 
 
 def list_checkpoints(folder) -> list[Path]:
-    """Checkpoint files in ``folder``, oldest first by step; temporary files excluded."""
+    """Checkpoint files in ``folder``, oldest first by step; temporary files and
+    subfolders (checkpoints moved aside) excluded."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -193,11 +310,17 @@ def latest_checkpoint(folder) -> Path | None:
 def resolve_resume(resume: str, out: str) -> Path | None:
     """The checkpoint ``--resume`` names, or None for a fresh start.
 
-    "" starts fresh; "latest" takes the newest in OUT/checkpoints and must find one;
-    "auto" takes it if there is one; anything else is a checkpoint file, a run folder
-    holding ``checkpoints/``, or a checkpoints folder (its newest is used).
+    "" starts fresh and refuses an OUT/checkpoints that holds checkpoints; "latest"
+    takes the newest there and must find one; "auto" takes it if there is one; anything
+    else is a checkpoint file, a run folder holding ``checkpoints/``, or a checkpoints
+    folder (its newest is used).
     """
     if resume == "":
+        found = latest_checkpoint(Path(out) / "checkpoints")
+        if found is not None:
+            raise UserError(f"--out {out} already holds checkpoints of an earlier run "
+                            f"(newest: {found}): pass --resume to continue that run, or "
+                            f"choose another --out for a new one")
         return None
     if resume in ("latest", "auto"):
         folder = Path(out) / "checkpoints"
@@ -316,6 +439,9 @@ def _state(info: dict, tensors: dict) -> CheckpointState:
             raise ValueError(f"{key} is {value!r}")
     # Accumulators are numbers by contract: a null there was a non-finite float.
     sums = {k: (math.nan if v is None else v) for k, v in info["epoch_sums"].items()}
+    for key in ("rows", "skipped"):  # counts: the epoch's averages divide by rows
+        if key in sums and (type(sums[key]) is not int or sums[key] < 0):
+            raise ValueError(f"epoch_sums.{key} is {sums[key]!r}")
     return CheckpointState(params=params, optimizer=optimizer, epoch_sums=sums,
                            history=list(info["history"]), standardize=standardize,
                            config=dict(info["config"]), model=dict(info["model"]),
@@ -380,7 +506,9 @@ def check_compatible(state: CheckpointState, cfg, model_desc: dict, data_desc: d
         if key in _RUN_SETTINGS:
             continue  # how this run is carried out, not what it computes
         if key not in old_c:
-            notes.append(f"{key} is {_show(value)} (not recorded in the checkpoint)")
+            # A setting newer than the checkpoint, at its default, changes nothing.
+            if value != _DEFAULTS.get(key):
+                notes.append(f"{key} is {_show(value)} (not recorded in the checkpoint)")
         elif old_c[key] != value:
             notes.append(f"{key} changed from {_show(old_c[key])} to {_show(value)} since the checkpoint")
     return notes

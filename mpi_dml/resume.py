@@ -4,6 +4,14 @@ Only rank 0 touches checkpoint files, so a job resumed on another allocation nee
 file where its rank 0 can read it and nowhere else. The state is broadcast from there:
 the small part as one object, the flat buffers with ``Bcast``. Nothing in a checkpoint
 depends on the number of ranks, so the job that resumes may have any.
+
+Once rank 0 has accepted the checkpoint, and before the first step, the checkpoints in
+``OUT/checkpoints`` that are not on the resumed line (later steps, or another run's) are
+moved aside into a subfolder, named in one note: a run that dies before its own first
+checkpoint then leaves ``--resume latest`` on the line it resumed. A fresh run whose
+``OUT/checkpoints`` already holds checkpoints is refused before anything is written.
+
+    $ mpiexec -n 4 python -m mpi_dml train --config c.toml --out runs/a --resume
 """
 from __future__ import annotations
 
@@ -13,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import (CheckpointState, check_compatible, load_checkpoint,
-                         model_description, resolve_resume, save_checkpoint)
+                         model_description, print_note, resolve_resume, save_checkpoint,
+                         set_aside_for_resume)
 from .errors import UserError
 
 
@@ -36,7 +45,8 @@ class Resumed:
 
 
 def find_and_read(cfg, comm) -> Resumed | None:
-    """Collective: the checkpoint ``--resume`` names, read on rank 0, or None."""
+    """Collective: the checkpoint ``--resume`` names, read on rank 0, or None for a
+    fresh start (refused, on every rank, when ``OUT/checkpoints`` holds checkpoints)."""
     path = comm.agreed_on_root(resolve_resume, cfg.resume, cfg.out)
     path = comm.bcast_obj(None if path is None else str(path), what="checkpoint path")
     if path is None:
@@ -55,19 +65,27 @@ def find_and_read(cfg, comm) -> Resumed | None:
 
 
 def check_and_restore(resumed: Resumed, cfg, comm, model, data, params, opt, dev):
-    """Collective: refuse an incompatible checkpoint, else load its buffers on every rank."""
+    """Collective: refuse an incompatible checkpoint, else move the checkpoints that
+    are not on its line aside and load its buffers on every rank."""
     model_desc = model_description(model, cfg.dtype)
-    notes = comm.agreed_on_root(check_compatible, resumed.state, cfg, model_desc,
-                                data_description(data), resumed.path)
+    notes = comm.agreed_on_root(_accept_root, resumed, cfg, model_desc,
+                                data_description(data))
     if comm.is_root:
         for note in notes or []:
-            print(f"mpi_dml: note: {note}", file=sys.stderr)
+            print_note(note)
     state = resumed.state
     _broadcast_into(comm, dev, params, state.params if state else None, "parameters")
     for name in sorted(opt.state):
         saved = state.optimizer.get(name) if state else None
         _broadcast_into(comm, dev, opt.state[name], saved, f"optimizer {name}")
     opt.step_count = resumed.optimizer_steps
+
+
+def _accept_root(resumed: Resumed, cfg, model_desc, data_desc) -> list[str]:
+    notes = check_compatible(resumed.state, cfg, model_desc, data_desc, resumed.path)
+    # Only an accepted resume moves anything: a refused one leaves the folder as it was.
+    moved = set_aside_for_resume(cfg.out, resumed.path, resumed.step)
+    return notes + ([moved] if moved else [])
 
 
 def _broadcast_into(comm, dev, target, saved, what):

@@ -1,8 +1,14 @@
-"""Checkpoints: exact round trips, refusal of damaged files, rotation, atomicity under
-SIGKILL, and the rules for resuming under a changed configuration."""
+"""Checkpoints: exact round trips, refusal of damaged files, rotation, moving another
+line's checkpoints aside, atomicity under SIGKILL, and the rules for resuming under a
+changed configuration.
+
+    $ .venv/bin/python -m pytest -q tests/test_checkpoint.py
+"""
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -190,13 +196,156 @@ def test_rotation_keeps_the_newest(tmp_path, keep):
         [f"ckpt-{s:09d}.safetensors" for s in (10, 20, 30, 40, 50)[-keep:]]
 
 
-def test_writing_an_earlier_step_drops_the_abandoned_later_ones(tmp_path):
+def ckpt_name(step) -> str:
+    return f"ckpt-{step:09d}.safetensors"
+
+
+def contents(folder) -> dict:
+    """File name -> bytes of the checkpoints visible in ``folder``."""
+    return {p.name: p.read_bytes() for p in list_checkpoints(folder)}
+
+
+def moved_to(note: str, folder, prefix: str):
+    """The folder a note names, checked to be a subfolder of ``folder`` called
+    PREFIX-<UTC time>; None when the note names none."""
+    found = re.search(rf"{re.escape(str(folder))}/({prefix}-\d{{8}}T\d{{6}}Z(?:-\d+)?)/", note)
+    return folder / found.group(1) if found else None
+
+
+def test_writing_an_earlier_step_moves_the_later_ones_aside(tmp_path, capsys):
     for step in (100, 200, 300):
-        save_checkpoint(tmp_path, make_state(step=step), keep=3)
+        save_checkpoint(tmp_path, make_state(step=step, seed=step), keep=3)
+    later = {k: v for k, v in contents(tmp_path).items() if k > ckpt_name(150)}
+    capsys.readouterr()
     written = save_checkpoint(tmp_path, make_state(step=150), keep=3)
     assert latest_checkpoint(tmp_path) == written
-    assert [p.name for p in list_checkpoints(tmp_path)] == \
-        ["ckpt-000000100.safetensors", "ckpt-000000150.safetensors"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [ckpt_name(100), ckpt_name(150)]
+    note = capsys.readouterr().err
+    assert note.count("mpi_dml: note:") == 1, note
+    aside = moved_to(note, tmp_path, "superseded-after-step-150")
+    assert aside is not None and aside.is_dir(), note
+    assert contents(aside) == later  # same files, same bytes: nothing was deleted
+    # Later writes of the same line neither see nor touch the folder set aside.
+    save_checkpoint(tmp_path, make_state(step=160), keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [ckpt_name(160)]
+    assert contents(aside) == later
+
+
+def line(folder, steps) -> dict:
+    """Checkpoints at ``steps`` in ``folder``; file name -> bytes."""
+    for step in steps:
+        save_checkpoint(folder, make_state(step=step, seed=step), keep=len(steps))
+    return contents(folder)
+
+
+def test_resuming_from_an_older_checkpoint_moves_the_later_ones_aside(tmp_path):
+    from mpi_dml.checkpoint import set_aside_for_resume
+    run = tmp_path / "run"
+    before = line(run / "checkpoints", (12, 24, 36, 48))
+    resumed = run / "checkpoints" / ckpt_name(24)
+    note = set_aside_for_resume(str(run), str(resumed), 24)
+    aside = moved_to(note or "", run / "checkpoints", "superseded-after-step-24")
+    assert aside is not None and aside.is_dir(), note
+    assert contents(aside) == {k: before[k] for k in (ckpt_name(36), ckpt_name(48))}
+    assert contents(run / "checkpoints") == {k: before[k] for k in (ckpt_name(12), ckpt_name(24))}
+    # "latest" now continues the resumed line, and a fresh run is still refused.
+    assert resolve_resume("latest", str(run)) == resumed
+    with pytest.raises(UserError, match="--resume"):
+        resolve_resume("", str(run))
+
+
+def test_resuming_from_another_folder_moves_this_folders_checkpoints_aside(tmp_path):
+    from mpi_dml.checkpoint import set_aside_for_resume
+    other = line(tmp_path / "other" / "checkpoints", (5, 10))
+    line(tmp_path / "run" / "checkpoints", (12, 24))
+    resumed = tmp_path / "run" / "checkpoints" / ckpt_name(24)
+    other_ckpts = tmp_path / "other" / "checkpoints"
+    note = set_aside_for_resume(str(tmp_path / "other"), str(resumed), 24)
+    aside = moved_to(note or "", other_ckpts, "superseded-other-run")
+    assert aside is not None and contents(aside) == other, note
+    assert list_checkpoints(other_ckpts) == [] and resumed.exists()
+    assert resolve_resume("", str(tmp_path / "other")) is None  # subfolders do not count
+
+
+def test_nothing_to_set_aside_moves_nothing(tmp_path):
+    from mpi_dml.checkpoint import set_aside_for_resume
+    run = tmp_path / "run"
+    before = line(run / "checkpoints", (12, 24))
+    newest = run / "checkpoints" / ckpt_name(24)
+    assert set_aside_for_resume(str(run), str(newest), 24) is None
+    # The same folder named another way is still the same folder.
+    assert set_aside_for_resume(str(run), str(run / ".." / "run" / "checkpoints" / ckpt_name(24)), 24) is None
+    assert contents(run / "checkpoints") == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(before)
+    # Resumed from elsewhere into an --out without checkpoints (none yet, or an empty folder).
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        assert set_aside_for_resume(str(out), str(newest), 24) is None
+    assert not (tmp_path / "new").exists()
+    assert list((tmp_path / "empty" / "checkpoints").iterdir()) == []
+
+
+def test_two_set_asides_in_one_second_get_their_own_folders(tmp_path):
+    from mpi_dml.checkpoint import set_aside_for_resume
+    run = tmp_path / "run"
+    folder = run / "checkpoints"
+    line(folder, (12, 24, 36))
+    first = moved_to(set_aside_for_resume(str(run), str(folder / ckpt_name(24)), 24),
+                     folder, "superseded-after-step-24")
+    save_checkpoint(folder, make_state(step=36, seed=99), keep=5)
+    second = moved_to(set_aside_for_resume(str(run), str(folder / ckpt_name(24)), 24),
+                      folder, "superseded-after-step-24")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert load_checkpoint(first / ckpt_name(36)).params.tobytes() != \
+        load_checkpoint(second / ckpt_name(36)).params.tobytes()
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """``folder`` refuses new entries, for root too (immutable attribute) where
+    permissions alone would not stop it."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no read-only folder")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_failed_set_aside_is_one_user_error_and_moves_nothing(tmp_path):
+    from mpi_dml.checkpoint import set_aside_for_resume
+    run = tmp_path / "run"
+    folder = run / "checkpoints"
+    before = line(folder, (12, 24, 36))
+    with read_only(folder):
+        with pytest.raises(UserError, match=f"{re.escape(str(folder))}.*writable") as info:
+            set_aside_for_resume(str(run), str(folder / ckpt_name(12)), 12)
+    assert "superseded" in str(info.value)
+    assert contents(folder) == before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(before)
+
+
+def test_a_failed_move_at_rotation_deletes_nothing(tmp_path):
+    for step in (100, 200):
+        save_checkpoint(tmp_path / "c", make_state(step=step, seed=step), keep=3)
+    before = contents(tmp_path / "c")
+    state = make_state(step=150)
+    # The new file can be written (the folder is writable then) but not moved aside
+    # once the folder is made read-only: write it elsewhere and link it in first.
+    save_checkpoint(tmp_path / "d", state, keep=3)
+    os.link(tmp_path / "d" / ckpt_name(150), tmp_path / "c" / ckpt_name(150))
+    from mpi_dml.checkpoint import _rotate
+    with read_only(tmp_path / "c"):
+        with pytest.raises(UserError, match="writable"):
+            _rotate(tmp_path / "c", tmp_path / "c" / ckpt_name(150), 3)
+    assert {k: v for k, v in contents(tmp_path / "c").items() if k != ckpt_name(150)} == before
 
 
 def test_stale_temporary_files_are_removed(tmp_path):
@@ -222,6 +371,16 @@ def test_listing_ignores_other_names_and_sorts_by_step(tmp_path):
     assert list_checkpoints(tmp_path / "absent") == [] and latest_checkpoint(tmp_path / "absent") is None
 
 
+def test_listing_ignores_subfolders(tmp_path):
+    """Checkpoints moved aside into a subfolder are never "latest"."""
+    save_checkpoint(tmp_path, make_state(step=5), keep=1)
+    aside = tmp_path / "superseded-after-step-5-20261130T101500Z"
+    save_checkpoint(aside, make_state(step=9), keep=1)
+    (tmp_path / "ckpt-000000099.safetensors").mkdir()  # a folder with a checkpoint's name
+    assert [p.name for p in list_checkpoints(tmp_path)] == [ckpt_name(5)]
+    assert latest_checkpoint(tmp_path) == tmp_path / ckpt_name(5)
+
+
 # --- what --resume means ------------------------------------------------------------
 def test_resolve_resume(tmp_path):
     run = tmp_path / "run"
@@ -239,6 +398,18 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume(str(ckpts), other_out) == newest
     older = ckpts / "ckpt-000000003.safetensors"
     assert resolve_resume(str(older), other_out) == older
+
+
+def test_a_fresh_start_over_checkpoints_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert resolve_resume("", str(run)) is None  # an empty checkpoints folder is no run
+    newest = save_checkpoint(run / "checkpoints", make_state(step=3), keep=2)
+    with pytest.raises(UserError, match=r"--out .*run already holds checkpoints") as info:
+        resolve_resume("", str(run))
+    message = str(info.value)
+    assert str(newest) in message and "--resume" in message and "another --out" in message
+    assert resolve_resume("auto", str(run)) == newest  # auto keeps its meaning
 
 
 @pytest.mark.parametrize("target,message", [
