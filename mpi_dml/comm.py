@@ -209,12 +209,43 @@ class SideChannel:
         done, message = request.test(status)
         return (True, (status.Get_source(), message)) if done else (False, None)
 
+    # Sends given up before they completed: their pickled buffers must stay alive for
+    # as long as MPI might still read them, i.e. until the process ends.
+    _given_up: list = []
+
     def send(self, obj, dest: int, tag: int):
-        """Start sending; the returned request completes once the message has left."""
+        """Start sending; the returned request completes once the message has left. The
+        caller owns it: ``completed`` until it has, or ``finish_send`` before ``free``."""
         return self._comm.isend(obj, dest=dest, tag=tag)
 
     @staticmethod
+    def completed(request) -> bool:
+        """Whether a request from ``send`` has completed (MPI then frees it)."""
+        return request.Test()
+
+    @classmethod
+    def finish_send(cls, request, wait: float = 0.5):
+        """Complete a send that may never be received, or give it up: a small message
+        completes as soon as it has left; one still waiting for its receiver after
+        ``wait`` seconds is cancelled and freed. MPICH does not cancel a send that
+        waits for its receiver, so waiting after the cancel could last for ever."""
+        deadline = time.monotonic() + wait
+        try:
+            while not request.Test():
+                if time.monotonic() >= deadline:
+                    request.Cancel()
+                    if not request.Test():
+                        cls._given_up.append(request)
+                        request.Free()
+                    return
+                time.sleep(0.01)
+        except MPI.Exception:
+            pass
+
+    @staticmethod
     def cancel(request):
+        """Cancel a pending receive and free it (the wait after a cancel of a receive
+        returns at once)."""
         try:
             request.Cancel()
             request.Wait()
@@ -244,7 +275,7 @@ def launcher_mismatch(world_size: int, environ=os.environ) -> str | None:
 def mpi_library() -> dict:
     """What MPI this process runs on, for `info` and model metadata."""
     return {
-        "library": MPI.Get_library_version().strip().splitlines()[0].strip(),
+        "library": library_name(MPI.Get_library_version()),
         "standard": "%d.%d" % MPI.Get_version(),
         "mpi4py": __import__("mpi4py").__version__,
     }
@@ -253,7 +284,22 @@ def mpi_library() -> dict:
 def mpi_library_version() -> str:
     """The MPI library's own version text (MPI_Get_library_version), from which
     ``cuda_aware_mpi`` tells the vendor."""
-    return MPI.Get_library_version()
+    return version_text(MPI.Get_library_version())
+
+
+def version_text(raw: str) -> str:
+    """MPI_Get_library_version's text as mpi4py returns it, up to the C string's end.
+
+    Open MPI counts the terminating NUL in the length it reports, so mpi4py's string
+    ends in "\\0", which ``str.strip()`` keeps; whatever follows a NUL is not text.
+    """
+    return raw.split("\0", 1)[0].strip()
+
+
+def library_name(raw: str) -> str:
+    """The first line of the version text: the library and its version."""
+    text = version_text(raw)
+    return text.splitlines()[0].strip() if text else ""
 
 
 def abort_job(mpi_comm, code: int):

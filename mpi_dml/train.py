@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, consistency, resume, sharding
-from .checkpoint import CheckpointState, model_description
+from .checkpoint import CheckpointState, model_description, resolve_resume
 from .comm import mpi_library
 from .config import parse_interval
 from .dataset import load_training, standardization
@@ -31,7 +32,7 @@ from .evaluation import finite_or_null, prepare, split_metrics
 from .model_io import atomic_write, save_model
 from .models import build_model, labels_for_loss
 from .optim import Optimizer, learning_rate
-from .preemption import StopRequest
+from .preemption import StopRequest, root_link
 from .progress import Progress
 from .threads import apply_threads, threads_per_rank
 from .watchdog import Watchdog
@@ -63,29 +64,40 @@ class Trainer:
         cfg, comm = self.cfg, self.comm
         comm.agreed(cfg.validate, world_size=comm.size)
         comm.agreed_on_root(check_out_dir, cfg.out)
+        # Before anything in --out changes and before the data loads: a fresh run over
+        # another run's checkpoints is refused, and so is a --resume that finds none.
+        comm.agreed_on_root(resolve_resume, cfg.resume, cfg.out)
+        if comm.is_root:
+            # An earlier run's marker says nothing about this one. Removed before this
+            # run can be stopped, so this run's own marker is never removed.
+            (Path(cfg.out) / PREEMPTED_MARK).unlink(missing_ok=True)
         apply_threads(threads_per_rank(cfg.threads, comm.ranks_sharing_cpus))
-        dev = self.device or select_device(cfg.device, comm, cfg.dtype, kernels=self.kernels,
-                                           exchange=cfg.gpu_exchange)
-        self.dev = dev
-        # Stop signals are caught from here on: one that comes while the data loads is
-        # acted on at the first step. The block ends only after the model is written.
-        with StopRequest(cfg.grace, comm.abort_from_thread) as stop:
-            self.stop = stop
-            try:
-                data = self.data = load_training(cfg, comm)
-                resumed = resume.find_and_read(cfg, comm)
-                self._setup(data, resumed)
-                with self._watchdog():
-                    final = self._train(data, resumed)
-                if comm.is_root:
-                    save_model(cfg.out, self.model, dev.to_host(self.params),
-                               self._meta(data, finite_or_null(final)), self.scale)
-            except AgreedError:
-                dev.close()  # every rank is here: a collective teardown (NCCL) is safe
-                raise
-            # Any other exception is one rank's crash: no teardown that could wait for
-            # the others; the abort hook ends the job.
-            dev.close()
+        # Stop signals are caught from here on. One that comes before this process's
+        # first step (device set-up, data load, compilation) ends the job at once; one
+        # after it stops the job after a step. The block ends after the model is written.
+        with root_link(comm) as link:
+            self.link = link
+            heard = link.heard if link is not None and comm.is_root else None
+            with StopRequest(cfg.grace, comm.abort_from_thread, stop_early=self._stop_early,
+                             heard=heard) as stop:
+                self.stop = stop
+                dev = self.dev = self.device or select_device(
+                    cfg.device, comm, cfg.dtype, kernels=self.kernels, exchange=cfg.gpu_exchange)
+                try:
+                    data = self.data = load_training(cfg, comm)
+                    resumed = resume.find_and_read(cfg, comm)
+                    self._setup(data, resumed)
+                    with self._watchdog():
+                        final = self._train(data, resumed)
+                    if comm.is_root:
+                        save_model(cfg.out, self.model, dev.to_host(self.params),
+                                   self._meta(data, finite_or_null(final)), self.scale)
+                except AgreedError:
+                    dev.close()  # every rank is here: a collective teardown (NCCL) is safe
+                    raise
+                # Any other exception is one rank's crash: no teardown that could wait for
+                # the others; the abort hook ends the job.
+                dev.close()
         return final
 
     # --- setting up -----------------------------------------------------------------
@@ -136,6 +148,7 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         self.checkpoint_rule = parse_interval(cfg.checkpoint_every)
         self.progress = Progress(cfg.progress, cfg.epochs, steps, enabled=comm.is_root)
+        self.stepping = False  # until the first step's Allreduce (StopRequest.steps_begin)
         out = Path(cfg.out)
         # Launchers report a dead process by host and PID (mpiexec) or task number
         # (srun); ranks.json turns either into a rank.
@@ -144,9 +157,7 @@ class Trainer:
         if comm.is_root:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / "ranks.json", (json.dumps(ranks, indent=1) + "\n").encode())
-            (out / PREEMPTED_MARK).unlink(missing_ok=True)  # this run has not been stopped
-            (out / "metrics.jsonl").write_text(
-                "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.history))
+            self._write_metrics()
         record = self.history[-1] if self.history else {}
         for epoch in range(first_epoch, cfg.epochs):
             carried = resumed.epoch_sums if resumed and epoch == first_epoch else {}
@@ -159,9 +170,11 @@ class Trainer:
             record = finite_or_null(record)
             self.history.append(record)
             if comm.is_root:
-                with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record, allow_nan=False) + "\n")
+                self._write_metrics()
             self.progress.epoch(record)
+        # No step left to run (a run resumed after the last one): a signal from here on
+        # waits for a step that never comes, and the model is written as usual.
+        self._steps_begin()
         consistency.check_replicas(comm, self.model, self.dev.to_host(self.params),
                                    self.global_step)
         record = comm.bcast_obj(record, what="final metrics")
@@ -174,8 +187,14 @@ class Trainer:
         g, control = grads[:n], grads[n:]
         plan = sharding.EpochPlan(data.shard_sizes, data.local_shards, seed=cfg.seed,
                                   epoch=epoch, batch_size=cfg.batch_size)
-        sums = np.zeros(2)  # loss and correct rows: this rank's, steps run in this process
+        # Loss, correct rows and rows of the steps used (not skipped): this rank's, over
+        # the steps run in this process.
+        sums = np.zeros(3)
         skipped = int(carried.get("skipped", 0))  # the same on every rank
+        if "rows" not in carried:
+            # Nothing carried, or a checkpoint written before rows were counted, which
+            # counted every row before it (skipped steps' too).
+            carried = {**carried, "rows": min(first * cfg.batch_size, data.n_train)}
         t_data = t_compute = t_comm = 0.0
         start = time.perf_counter()
         batches = dev.batches(self.x, self.y, plan, first, self.steps)
@@ -202,7 +221,7 @@ class Trainer:
             if self._gradient_ok(seen[0], g, xb, yb, epoch, step):
                 g *= 1.0 / plan.global_count(step)
                 self.opt.step(params, g, self._lr(self.global_step))
-                sums += (loss, hits)
+                sums += (loss, hits, xb.shape[0])
             else:
                 skipped += 1
             self.global_step += 1
@@ -218,13 +237,16 @@ class Trainer:
         total = self._epoch_sums(sums, carried)
         times = comm.allreduce_(np.array([wall, t_compute, t_comm, t_data]), op="max",
                                 what="epoch times")
-        record = {"epoch": epoch, "train_loss": total["loss_sum"] / data.n_train}
+        # Averages over the rows of the steps used; none used (every step skipped) gives
+        # NaN, which stops the run as diverged.
+        used = total["rows"]
+        record = {"epoch": epoch, "train_loss": total["loss_sum"] / used if used else math.nan}
         if model.is_classifier:
-            record["train_accuracy"] = total["correct"] / data.n_train
+            record["train_accuracy"] = total["correct"] / used if used else math.nan
         done = self.steps - first
-        rows = data.n_train * done / max(self.steps, 1)
+        seen = data.n_train * done / max(self.steps, 1)
         record.update({"lr": self._lr((epoch + 1) * self.steps - 1),
-                       "samples_per_s": rows / times[0] if times[0] > 0 else 0.0,
+                       "samples_per_s": seen / times[0] if times[0] > 0 else 0.0,
                        "epoch_s": times[0], "compute_s": times[1], "comm_s": times[2],
                        "data_s": times[3]})
         if skipped:
@@ -239,6 +261,8 @@ class Trainer:
 
     def _control_flags(self) -> np.ndarray | None:
         """This rank's control slots, or None when all are 0 (the usual step)."""
+        if not self.stepping:
+            self._steps_begin()
         stop = self.stop.requested is not None
         rule = self.checkpoint_rule
         due = (self.comm.is_root and rule is not None and rule[0] == "seconds"
@@ -249,12 +273,20 @@ class Trainer:
         flags[STOP], flags[CHECKPOINT] = stop, due
         return flags
 
+    def _steps_begin(self):
+        """From here on a stop signal waits for a step; if one before the first step
+        came first, this does not return (that stop is ending the job)."""
+        if not self.stepping:
+            self.stop.steps_begin()
+            self.stepping = True
+
     def _epoch_sums(self, sums, carried) -> dict:
-        """Collective: loss and correct rows of the epoch so far over every rank, plus
-        what a resumed checkpoint carried from before it."""
+        """Collective: loss, correct rows and rows used of the epoch so far over every
+        rank, plus what a resumed checkpoint carried from before it."""
         total = self.comm.allreduce_(sums.copy(), what="epoch sums")
         return {"loss_sum": float(total[0]) + carried.get("loss_sum", 0.0),
-                "correct": float(total[1]) + carried.get("correct", 0.0)}
+                "correct": float(total[1]) + carried.get("correct", 0.0),
+                "rows": int(total[2]) + int(carried["rows"])}
 
     def _gradient_ok(self, squared_norm, g, xb, yb, epoch, step) -> bool:
         """Collective in effect: every rank sees the same summed gradient, so all take
@@ -279,6 +311,40 @@ class Trainer:
             return False
         raise TrainingFailed(f"non-finite gradient at {at} from {where}. Lower --lr, check "
                              f"that rank's data, or pass --nonfinite skip to drop such steps.")
+
+    def _write_metrics(self):
+        """Rank 0: the whole history into metrics.jsonl, by atomic rename, so a reader
+        never sees part of a line and a symlink there is replaced, not followed."""
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.history)
+        atomic_write(Path(self.cfg.out) / "metrics.jsonl", text.encode())
+
+    # --- stopping -------------------------------------------------------------------
+    def _stop_early(self, what: str) -> bool:
+        """Signal watcher thread: a stop before this process's first step. No step can
+        have run on any rank (this one never joins one now), so the last checkpoint, if
+        any, is still where to resume: rank 0 says so, writes the marker and ends the
+        job (True); another rank tells rank 0 (False)."""
+        comm, out = self.comm, Path(self.cfg.out)
+        if not comm.is_root:
+            where = f"{what} (rank {comm.rank} on {comm.host})"
+            if self.link is not None:
+                self.link.tell_root(where)
+                return False
+            print(f"mpi_dml: stopped on {where} before the first step; nothing new to save. "
+                  f"No {PREEMPTED_MARK} marker: without MPI_THREAD_MULTIPLE rank 0 cannot be "
+                  f"told. Run the same command again to continue.", file=sys.stderr, flush=True)
+            return True
+        print(f"mpi_dml: stopped on {what} before the first step; nothing new to save (the "
+              f"last checkpoint, if any, is still valid). Run the same command again to "
+              f"continue.", file=sys.stderr, flush=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # --out passed check_out_dir
+            atomic_write(out / PREEMPTED_MARK,
+                         b"no new checkpoint: stopped before the first step\n")
+        except OSError as exc:
+            print(f"mpi_dml: warning: cannot write {out / PREEMPTED_MARK}: "
+                  f"{exc.strerror or exc}", file=sys.stderr, flush=True)
+        return True
 
     # --- checkpoints ----------------------------------------------------------------
     def _maybe_checkpoint(self, flags, epoch, next_step, sums, carried, skipped):

@@ -49,6 +49,8 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = None
         self._side = None
+        # Sends not yet known to have completed; only the watchdog thread touches them.
+        self._sending = []
 
     # --- main thread ----------------------------------------------------------------
     def start(self) -> "Watchdog":
@@ -96,13 +98,27 @@ class Watchdog:
             inside = self._inside
             if inside and time.monotonic() - inside[2] > self.timeout:
                 self._report_and_abort(inside)
+        # stop() frees the channel next: no request may outlive its communicator. After
+        # the barrier no rank asks or answers any more, so a send still pending is one
+        # that nobody will receive.
         self._side.cancel(self._query)
+        for request in self._sending:
+            self._side.finish_send(request)
+        self._sending = []
+
+    def _send(self, obj, dest: int, tag: int):
+        self._sending.append(self._side.send(obj, dest=dest, tag=tag))
+
+    def _sent(self):
+        """Complete (and so free) the sends that have left."""
+        self._sending = [r for r in self._sending if not self._side.completed(r)]
 
     def _serve(self):
         """Answer a pending "where are you?" from a stalled rank."""
+        self._sent()
         done, got = self._side.poll(self._query)
         if done:
-            self._side.send(self._where(), dest=got[0], tag=REPLY)
+            self._send(self._where(), dest=got[0], tag=REPLY)
             self._query = self._side.post_receive(QUERY)
 
     def _report_and_abort(self, inside):
@@ -110,7 +126,7 @@ class Watchdog:
         side = self._side
         others = [r for r in range(side.size) if r != side.rank]
         for r in others:
-            side.send("where are you?", dest=r, tag=QUERY)
+            self._send("where are you?", dest=r, tag=QUERY)
         wait = max(3.0, min(10.0, self.timeout))
         answers = self._collect(others, wait)
         # Every rank stuck in this collective notices the stall; the lowest one speaks,

@@ -1,35 +1,49 @@
-"""Run under mpiexec by tests/test_faults_mpi.py: training with one injected fault.
+"""Run under mpiexec by tests/test_faults_mpi.py and tests/test_train_loop_mpi.py:
+training with one injected fault.
 
-    fault_run.py FAULT RANK STEP -- TRAIN FLAGS...
+    fault_run.py FAULT RANK STEP [--log DIR] -- TRAIN FLAGS...
 
 FAULT is what rank RANK does when it computes its gradient for (1-based) step STEP:
 ``sleep`` (hangs for a minute, for the stall watchdog), ``nan`` (a NaN in its
 gradient, with ``--nonfinite skip`` the step is dropped), ``drift`` (nudges one of its parameters, so the replicas differ) or
 ``kill`` (SIGKILL to itself, as the OOM killer would). The fault is injected by
 wrapping ``Model.loss_grad`` in this script; the engine has no test hooks.
+
+With ``--log DIR`` every rank also appends one JSON line per ``loss_grad`` call to
+``DIR/rank-R.jsonl``: the call number, the loss and correct rows it returned, its row
+count and a digest of its batch, so a test can recompute the epoch's figures itself.
 """
+import hashlib
+import json
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from mpi_dml import models
 from mpi_dml.cli import main
 from mpi_dml.comm import Comm
 
 
-def inject(fault: str, at_step: int):
+def inject(fault: str | None, at_step: int, log: Path | None, rank: int):
     original = models.Model.loss_grad
     calls = {"n": 0}
 
     def loss_grad(self, params, grads, x, y, k):
         result = original(self, params, grads, x, y, k)
         calls["n"] += 1
+        if log is not None:
+            entry = {"call": calls["n"], "loss": float(result[0]), "hits": float(result[1]),
+                     "rows": int(x.shape[0]),
+                     "batch": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()}
+            with open(log / f"rank-{rank}.jsonl", "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
         if fault == "nan" and calls["n"] in (at_step, at_step + 1):
             # The engine computes a bad step's gradient again to find the rank it came
             # from, so the NaN is there for that second call too.
             grads[3] = float("nan")
-        elif calls["n"] == at_step:
+        elif fault is not None and calls["n"] == at_step:
             if fault == "sleep":
                 time.sleep(60)
             elif fault == "drift":
@@ -43,7 +57,13 @@ def inject(fault: str, at_step: int):
 
 if __name__ == "__main__":
     fault, rank, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    assert sys.argv[4] == "--"
-    if Comm.world().rank == rank:
-        inject(fault, step)
-    sys.exit(main(["train", *sys.argv[5:]]))
+    rest = sys.argv[4:]
+    log = None
+    if rest[0] == "--log":
+        log, rest = Path(rest[1]), rest[2:]
+        log.mkdir(parents=True, exist_ok=True)
+    assert rest[0] == "--"
+    me = Comm.world().rank
+    if me == rank or log is not None:
+        inject(fault if me == rank else None, step, log, me)
+    sys.exit(main(["train", *rest[1:]]))
