@@ -8,6 +8,8 @@ their training flags as arguments, so the tests pass those and change nothing el
 """
 import json
 import re
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -115,16 +117,10 @@ def checkpoints(out) -> dict:
     return {p.name: p.stat().st_mtime_ns for p in out.glob("checkpoints/ckpt-*.safetensors")}
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, digits, tmp_path):
-    """USR1 as --signal=B:USR1 sends it: checkpoint, exit 75, requeue, resume, and the
-    final model equals an uninterrupted run."""
-    cluster, out, logs = slurm_cluster, tmp_path / "long", tmp_path / "logs"
-    logs.mkdir()
-    # --time well past the script's --signal=B:USR1@300, so that the only signal is ours.
-    job = submit(cluster, "preemptible.sbatch", logs / "long-%j.out", *LONG, "--keep", "1000",
-                 options=(*TWO_RANKS, "--time=20"), DATA=digits[0], OUT=out,
-                 CHECKPOINT_EVERY="50", GRACE="30")
-
+def preempt_and_wait_for_requeue(cluster, job, out, logs) -> dict:
+    """Send USR1 the way --signal=B:USR1 does once the job has a checkpoint, wait until
+    Slurm has requeued it, and return the first run's checkpoints once it is safe to
+    release the job with ``scontrol update jobid=JOB starttime=now``."""
     deadline = time.monotonic() + 90
     while not list(out.glob("checkpoints/ckpt-*.safetensors")):
         state = cluster.jobs(job)[0].get("JobState")
@@ -148,7 +144,19 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, digits, t
         f"{requeued}\n{job_logs(logs)}\n{cluster.logs()}")
     cluster.wait_step_daemons_gone(job)
     time.sleep(max(0.0, requeued_at + 2.5 - time.monotonic()))
-    first_run = checkpoints(out)
+    return checkpoints(out)
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, digits, tmp_path):
+    """USR1 as --signal=B:USR1 sends it: checkpoint, exit 75, requeue, resume, and the
+    final model equals an uninterrupted run."""
+    cluster, out, logs = slurm_cluster, tmp_path / "long", tmp_path / "logs"
+    logs.mkdir()
+    # --time well past the script's --signal=B:USR1@300, so that the only signal is ours.
+    job = submit(cluster, "preemptible.sbatch", logs / "long-%j.out", *LONG, "--keep", "1000",
+                 options=(*TWO_RANKS, "--time=20"), DATA=digits[0], OUT=out,
+                 CHECKPOINT_EVERY="50", GRACE="30")
+    first_run = preempt_and_wait_for_requeue(cluster, job, out, logs)
     cluster.run("scontrol", "update", f"jobid={job}", "starttime=now")
     wait_completed(cluster, job, logs, timeout=150)
 
@@ -172,6 +180,61 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, digits, t
     assert done.returncode == 0, done.stderr
     resumed = load_file(str(out / "model.safetensors"))
     assert max_relative_difference(resumed, load_file(str(reference / "model.safetensors"))) <= 1e-6
+
+
+def test_requeued_run_that_fails_early_is_not_requeued_again(slurm_cluster, digits, tmp_path):
+    """The first run is stopped and requeued; the data is gone before the second run, which
+    fails before training (exit 2) with the first run's OUT/PREEMPTED still in place. The
+    job ends there with status 2 instead of requeueing itself again and again."""
+    cluster, out, logs = slurm_cluster, tmp_path / "long", tmp_path / "logs"
+    logs.mkdir()
+    data = tmp_path / "train.csv"
+    shutil.copyfile(digits[0], data)
+    job = submit(cluster, "preemptible.sbatch", logs / "long-%j.out", *LONG,
+                 options=(*TWO_RANKS, "--time=20"), DATA=data, OUT=out,
+                 CHECKPOINT_EVERY="50", GRACE="30")
+    try:
+        preempt_and_wait_for_requeue(cluster, job, out, logs)
+        assert (out / "PREEMPTED").exists(), job_logs(logs)
+        data.unlink()  # moved away between the runs
+        cluster.run("scontrol", "update", f"jobid={job}", "starttime=now")
+        # Requeued again, the job would be PENDING with Restarts=2 (and run again two
+        # minutes later, for ever): stop waiting as soon as it ends or restarts again.
+        found: list[dict] = []
+
+        def ended_or_restarted() -> bool:
+            found[:] = cluster.jobs(job)
+            return found[0].get("JobState") in cluster.final_states or \
+                found[0].get("Restarts") != "1"
+
+        cluster.wait_until(ended_or_restarted, f"job {job} ends or restarts again (now {found})",
+                           timeout=150)
+    finally:
+        cluster.run("scancel", job, check=False)
+    log = job_logs(logs)
+    final = {k: found[0].get(k) for k in ("JobState", "ExitCode", "Restarts")}
+    assert final == {"JobState": "FAILED", "ExitCode": "2:0", "Restarts": "1"}, f"{final}\n{log}"
+    assert re.findall(rf"job {job} run (\d+):", log) == ["1", "2"], log
+    assert log.count("requeueing job") == 1 and "training exited with 2" in log, log
+    assert str(data) in log, log  # the engine's message names the missing file
+
+
+def test_job_keeps_numba_cache_under_the_users_cache_folder(slurm_cluster, digits, tmp_path):
+    """Numba unpickles its cache when it loads a kernel: the job's cache is in a folder
+    of the user's (XDG_CACHE_HOME/mpi_dml/numba, mode 700), not beside shared sources."""
+    out, xdg = tmp_path / "model", tmp_path / "xdg"
+    # An empty NUMBA_CACHE_DIR counts as unset, whatever this shell has.
+    job = submit(slurm_cluster, "cpu.sbatch", tmp_path / "cpu-%j.out", *TINY,
+                 options=TWO_RANKS, DATA=digits[0], OUT=out, XDG_CACHE_HOME=xdg,
+                 NUMBA_CACHE_DIR="")
+    wait_completed(slurm_cluster, job, tmp_path)
+    cache = xdg / "mpi_dml" / "numba"
+    index = sorted(p.name for p in cache.rglob("*.nbi"))
+    assert any(name.startswith("cpu.") for name in index), (
+        f"no Numba cache index (.nbi) of kernels/cpu.py under {cache}: "
+        f"{sorted(map(str, xdg.rglob('*')))}\n{job_logs(tmp_path)}")
+    assert list(cache.rglob("*.nbc")), sorted(map(str, cache.rglob("*")))
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
 
 
 def test_srun_without_pmi_is_refused(slurm_cluster, digits, tmp_path):
