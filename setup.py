@@ -23,10 +23,10 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
-        # mpi4py plus an MPI from PyPI: no system MPI needed. Cluster users swap the
-        # `mpich` wheel for their site MPI (see README, "Using your site's MPI").
+        # mpi4py loads whichever MPI library it finds at run time: the site's (module
+        # load) or one from PyPI, the `mpich` extra below. Not a dependency, so that
+        # `pip install -U` does not bring it back where the site's MPI replaced it.
         "mpi4py>=4.0",
-        "mpich>=4.2; platform_system == 'Linux'",
         # Reference implementation of the safetensors format: loading never unpickles
         # and malformed headers are rejected by a well-tested parser.
         "safetensors>=0.4",
@@ -36,6 +36,9 @@ setup(
         "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require={
+        # An MPI from PyPI (library and mpiexec) for machines without one:
+        # pip install 'mpi_dml[mpich]'. See README, "Using your site's MPI".
+        "mpich": ["mpich>=4.2; platform_system == 'Linux'"],
         # Real datasets for the examples (digits, breast cancer) and the accuracy tests.
         "data": ["scikit-learn>=1.3"],
         "test": ["pytest>=7", "scikit-learn>=1.3"],

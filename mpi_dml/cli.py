@@ -8,7 +8,8 @@
 
 Every command runs the same as one plain process or under mpiexec/srun with any number
 of ranks. Input errors print one message (from rank 0) and exit with status 2 on every
-rank; any other failure on any rank aborts the whole job.
+rank; any other failure on any rank aborts the whole job. Without an MPI library to load,
+every command says how to get one and exits with status 2.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ TRAIN_FLAGS = {
     "val-data": (str, "held-out data in the same format"),
     "val-fraction": (float, "hold out this fraction of --data for validation"),
     "label-column": (str, "name of the label column"),
+    "features": (str, "feature columns by name, e.g. age,income (default: every column but "
+                      "the label; for .npz, the columns of X)"),
     "model": (str, "linear, logistic, softmax, svm or mlp"),
     "task": (str, "mlp: classification (default) or regression"),
     "hidden": (str, "mlp hidden widths, e.g. 512,256"),
@@ -103,7 +106,15 @@ class _RootParser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    from .comm import Comm, install_abort_hook, launcher_mismatch
+    try:
+        from .comm import Comm, install_abort_hook, launcher_mismatch
+    except (ImportError, RuntimeError) as exc:
+        message = no_mpi_library_message(exc, os.environ)
+        if message is None:
+            raise
+        if _launcher_rank(os.environ) == "0":  # before MPI, the launcher's word is all
+            print(f"mpi_dml: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
     install_abort_hook()
     comm = Comm.world()
@@ -133,6 +144,44 @@ def main(argv=None) -> int:
         print(f"mpi_dml: error on rank {comm.rank} ({comm.host}): {exc}", file=sys.stderr,
               flush=True)
         comm.abort(EXIT_USER_ERROR)
+
+
+# Settings with which a user points mpi4py at an MPI library or family.
+MPI4PY_SETTINGS = ("MPI4PY_LIBMPI", "MPI4PY_MPIABI")
+
+
+def no_mpi_library_message(exc: BaseException, environ) -> str | None:
+    """What to tell a user whose import of mpi4py.MPI found no MPI library to load, or
+    None when ``exc`` is some other failure (which then keeps its traceback).
+
+    mpi4py 4 looks for libmpi when mpi4py.MPI is first imported: it raises
+    RuntimeError("cannot load MPI library ...") when no candidate loads, and its
+    extension module raises an ImportError naming libmpi when MPI4PY_MPIABI chose a
+    family whose library is absent.
+    """
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and text.startswith("cannot load MPI library"):
+        what = "mpi4py found no MPI library (libmpi.so) to load"
+    elif (isinstance(exc, ImportError) and not isinstance(exc, ModuleNotFoundError)
+          and "libmpi" in text):
+        what = f"mpi4py cannot load the MPI library ({text.splitlines()[0]})"
+    else:
+        return None
+    settings = [f"{name}={environ[name]}" for name in MPI4PY_SETTINGS if environ.get(name)]
+    if settings:
+        them = "it" if len(settings) == 1 else "them"
+        what += f" with {' and '.join(settings)} (unset {them}, or make {them} match your MPI)"
+    return (f"{what}: install MPICH from PyPI with `pip install 'mpi_dml[mpich]'` (or "
+            f"`pip install mpich`), or load your site's MPI with `module load ...` "
+            f"(`module avail` lists them), then check with `python -m mpi_dml info`.")
+
+
+def _launcher_rank(environ) -> str:
+    """This process's rank as its launcher numbered it ("0" without a launcher)."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if environ.get(name):
+            return environ[name]
+    return "0"
 
 
 def _run(args, comm) -> int:

@@ -25,6 +25,7 @@ def run_fault(digits, out, fault, rank, step, *extra, n=3, timeout=60):
     return result, time.monotonic() - start
 
 
+@pytest.mark.smoke
 def test_killed_rank_ends_the_job_within_seconds(digits, tmp_path):
     result, took = run_fault(digits, tmp_path / "o", "kill", 1, 5)
     assert result.returncode != 0
@@ -39,6 +40,7 @@ def test_killed_rank_ends_the_job_within_seconds(digits, tmp_path):
     assert all(r["host"] in text for r in ranks)
 
 
+@pytest.mark.smoke
 def test_stall_watchdog_names_the_missing_rank(digits, tmp_path):
     result, took = run_fault(digits, tmp_path / "o", "sleep", 2, 5, "--stall-timeout", "3")
     assert result.returncode == 4, result.stderr

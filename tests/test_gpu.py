@@ -8,7 +8,7 @@
   on Numba's CUDA simulator. This checks the code paths, not CUDA itself.
 * Tests marked ``gpu`` need a CUDA GPU and CuPy, and skip without them:
 
-      $ pip install -e '.[gpu,test,bench]' && python -m pytest -m gpu -v
+      $ pip install -e '.[mpich,gpu,test,bench]' && python -m pytest -m gpu -v
 """
 import ctypes
 import json

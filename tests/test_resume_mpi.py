@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RANKS, ROOT, mpi_env, mpiexec_path, run_cli
+from conftest import RANKS, ROOT, mpi_env, mpiexec_cmd, run_cli
 from mpi_dml.errors import EXIT_PREEMPTED
 from test_train_mpi import max_relative_difference, tensors
 
@@ -44,6 +44,7 @@ def records(out):
     return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("n", RANKS)
 def test_resume_mid_epoch_on_any_rank_count(digits, reference, tmp_path, n):
     out = tmp_path / "resumed"
@@ -56,6 +57,7 @@ def test_resume_mid_epoch_on_any_rank_count(digits, reference, tmp_path, n):
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"])
 
 
+@pytest.mark.smoke
 def test_resume_at_an_epoch_boundary(digits, tmp_path):
     """A checkpoint after an epoch's last step resumes with that epoch's record."""
     first = tmp_path / "first"
@@ -82,8 +84,12 @@ def test_keep_rotates_and_latest_resumes(digits, tmp_path):
     assert max_relative_difference(tensors(out), before) <= 1e-12
 
 
+# Where each launcher puts a process's rank: MPICH's Hydra, Open MPI.
+RANK_VARIABLES = (b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK=")
+
+
 def rank_pids(mpiexec_pid) -> dict:
-    """PMI rank -> pid of the Python processes under one mpiexec."""
+    """Rank -> pid of the Python processes under one mpiexec (MPICH or Open MPI)."""
     children, ranks = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -99,14 +105,14 @@ def rank_pids(mpiexec_pid) -> dict:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        rank = [e.split(b"=", 1)[1] for e in env if e.startswith(b"PMI_RANK=")]
+        rank = [e.split(b"=", 1)[1] for e in env if e.startswith(RANK_VARIABLES)]
         if rank and b"python" in Path(f"/proc/{pid}/cmdline").read_bytes():
             ranks[int(rank[0])] = pid
     return ranks
 
 
 def start_training(n, digits, out, *extra):
-    cmd = [mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpi_dml", "train", "--data",
+    cmd = [*mpiexec_cmd(n), sys.executable, "-m", "mpi_dml", "train", "--data",
            str(digits[0]), "--label-column", "label", "--out", str(out), *FLAGS, *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=mpi_env(), cwd=ROOT)
@@ -151,7 +157,7 @@ def test_signal_to_one_rank_checkpoints_and_resumes(digits, tmp_path, signame):
 def start_hanging_run(digits, out, grace):
     """2 ranks where rank 1 sleeps in step 3, so rank 0 cannot finish a stop request;
     returns once rank 1 is asleep and rank 0 waits for it."""
-    cmd = [mpiexec_path(), "-n", "2", sys.executable, ROOT / "tests/mpi_scripts/fault_run.py",
+    cmd = [*mpiexec_cmd(2), sys.executable, ROOT / "tests/mpi_scripts/fault_run.py",
            "sleep", "1", "3", "--", "--data", digits[0], "--label-column", "label", "--out", out,
            *FLAGS, "--stall-timeout", "0", "--grace", grace]
     proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE,
@@ -179,6 +185,7 @@ def test_second_signal_exits_at_once(digits, tmp_path):
     assert proc.returncode not in (0, EXIT_PREEMPTED)
 
 
+@pytest.mark.smoke
 def test_grace_period_ends_a_stop_that_cannot_finish(digits, tmp_path):
     proc, rank0 = start_hanging_run(digits, tmp_path / "o", grace=2)
     try:
