@@ -86,8 +86,14 @@ def _scratch(size):
 # --- device helpers ----------------------------------------------------------------
 
 @cuda.jit(device=True)
-def _sign(x, one, zero):
-    return one if x > zero else (-one if x < zero else zero)
+def _shrink(p, shrink, zero):
+    """``sign(p) * max(|p| - shrink, 0)``, as ``_shrink`` in cpu.py; NaN stays NaN."""
+    a = abs(p) - shrink
+    if a > zero:
+        return math.copysign(a, p)
+    if a != a:
+        return a
+    return math.copysign(zero, p)
 
 
 # --- layer kernels ------------------------------------------------------------------
@@ -437,50 +443,60 @@ def squared_loss_grad(z, y, bias_grad):
 # --- optimiser kernels --------------------------------------------------------------
 
 @cuda.jit(cache=True)
-def _sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
-    one, zero = param.dtype.type(1), param.dtype.type(0)
+def _sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, shrink,
+                decay_mask):
+    zero = param.dtype.type(0)
     for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
         p = param[i]
         g = grad[i]
         if decay_mask[i]:
-            g = g + (weight_decay * p + l1 * _sign(p, one, zero))
+            g = g + weight_decay * p
         if momentum != zero:
             vel = momentum * velocity[i] + g
             velocity[i] = vel
             step = g + momentum * vel if nesterov else vel
         else:
             step = g
-        param[i] = p - lr * step
+        p = p - lr * step
+        if decay_mask[i]:
+            p = _shrink(p, shrink, zero)
+        param[i] = p
 
 
 @cuda.jit(cache=True)
 def _adam_update(param, grad, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                 eps, bias_corr1, bias_corr2, l2, decoupled_scale, l1, decay_mask):
-    one, zero = param.dtype.type(1), param.dtype.type(0)
+                 eps, bias_corr1, bias_corr2, l2, decoupled_scale, shrink, decay_mask):
+    zero = param.dtype.type(0)
     for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
         p = param[i]
         g = grad[i]
         if decay_mask[i]:
-            # sign(p) is read before the decoupled decay moves p.
-            g = g + (l2 * p + l1 * _sign(p, one, zero))
+            g = g + l2 * p
             p = p - decoupled_scale * p
         m_i = beta1 * m[i] + one_minus_beta1 * g
         v_i = beta2 * v[i] + one_minus_beta2 * g * g
         m[i] = m_i
         v[i] = v_i
-        param[i] = p - lr * (m_i / bias_corr1) / (math.sqrt(v_i / bias_corr2) + eps)
+        p = p - lr * (m_i / bias_corr1) / (math.sqrt(v_i / bias_corr2) + eps)
+        if decay_mask[i]:
+            p = _shrink(p, shrink, zero)
+        param[i] = p
 
 
 def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
-    """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0. In place."""
+    """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0, then the
+    L1 proximal step on the weights (see reference.py). In place."""
     dt = param.dtype.type
+    # lr * l1 is rounded once to the dtype, as the reference's weak Python scalar is.
     _sgd_update[_launch(param.size)](param, grad, velocity, dt(lr), dt(momentum),
-                                     bool(nesterov), dt(weight_decay), dt(l1), decay_mask)
+                                     bool(nesterov), dt(weight_decay), dt(lr * l1),
+                                     decay_mask)
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, decoupled,
                 l1, decay_mask):
-    """Adam / AdamW (``decoupled``), PyTorch semantics; ``step`` counts from 1. In place."""
+    """Adam / AdamW (``decoupled``), PyTorch semantics, then the L1 proximal step on the
+    weights (see reference.py); ``step`` counts from 1. In place."""
     dt = param.dtype.type
     # As in cpu.py: Adam puts the decay in the gradient (l2), AdamW shrinks the
     # weight directly (decoupled_scale); the other term is zero.
@@ -488,4 +504,4 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, de
     _adam_update[_launch(param.size)](
         param, grad, m, v, dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
         dt(eps), dt(1 - beta1**step), dt(1 - beta2**step), dt(l2), dt(decoupled_scale),
-        dt(l1), decay_mask)
+        dt(lr * l1), decay_mask)

@@ -11,6 +11,9 @@ backend must agree with these. Conventions shared by all kernels:
 * Loss sums are accumulated in float64; everything else stays in the array's dtype.
   Python-float hyper-parameters are "weak" scalars under NumPy 2, so float32 arrays
   stay float32.
+* Optimiser updates regularise only the elements whose ``decay_mask`` is 1 (weights,
+  never biases): weight decay as L2 in the gradient (decoupled for AdamW), L1 as a
+  proximal step after the update (``_shrink_weights``).
 """
 import numpy as np
 
@@ -129,42 +132,69 @@ def squared_loss_grad(z, y, bias_grad):
     return loss_sum
 
 
-def _regularized(grad, param, weight_decay, l1, decay_mask):
-    """``grad`` plus L2 and L1 terms on the elements the mask marks as weights."""
-    return grad + decay_mask * (weight_decay * param + l1 * np.sign(param))
+def _regularized(grad, param, weight_decay, decay_mask):
+    """``grad`` plus the L2 term on the elements the mask marks as weights."""
+    return grad + decay_mask * (weight_decay * param)
+
+
+def _shrink_weights(param, lr, l1, decay_mask):
+    """In place, on the weights only: ``p = sign(p) * max(|p| - lr * l1, 0)``.
+
+    This is the proximal step of the L1 penalty ``l1 * |p|`` (soft thresholding, the
+    "truncated gradient" of Langford, Li and Zhang, which Vowpal Wabbit's ``--l1`` uses;
+    scikit-learn's SGD uses a cumulative variant). It is continuous in ``p``: a weight
+    that is 0 in exact arithmetic but +-1e-21 after a sum taken in another order (on
+    another number of ranks) goes to exactly 0 either way, where a subgradient
+    ``l1 * sign(p)`` would step it a whole ``lr * l1`` up or down. It also puts weights
+    exactly at 0, which a subgradient never does.
+    """
+    shrunk = np.sign(param) * np.maximum(np.abs(param) - lr * l1, 0)
+    param[...] = np.where(decay_mask != 0, shrunk, param)
 
 
 def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
-    """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0.
+    """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0, then L1.
 
     All arrays are flat and updated in place (``param`` always, ``velocity`` only
-    when ``momentum != 0``).
+    when ``momentum != 0``). Weight decay (L2) is added to the gradient of the weights;
+    L1 is applied after the update as a proximal step (``_shrink_weights``), so the
+    velocity accumulates the loss and L2 gradient only: the L1 term's sign(p) is
+    discontinuous at 0, and carried in the velocity it would push weights back and
+    forth across 0 instead of letting them rest there. One consequence: the shrink is
+    taken once per step while the velocity builds up to ``1 / (1 - momentum)``
+    gradients, so with momentum a weight settles where its gradient is
+    ``(1 - momentum) * l1`` rather than ``l1`` (and stays at 0 below that).
     """
-    g = _regularized(grad, param, weight_decay, l1, decay_mask)
+    g = _regularized(grad, param, weight_decay, decay_mask)
     if momentum != 0:
         velocity[...] = momentum * velocity + g
         step = g + momentum * velocity if nesterov else velocity
     else:
         step = g
     param -= lr * step
+    _shrink_weights(param, lr, l1, decay_mask)
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, decoupled,
                 l1, decay_mask):
     """Adam (L2 in the gradient) or AdamW (``decoupled``: decay applied to the
-    weights directly), PyTorch semantics. ``step`` counts from 1.
+    weights directly), PyTorch semantics, then L1. ``step`` counts from 1.
 
-    ``param``, ``m`` and ``v`` are updated in place.
+    ``param``, ``m`` and ``v`` are updated in place. L1 is applied after the update as
+    a proximal step (``_shrink_weights``): each weight moves ``lr * l1`` towards 0 and
+    stops there, a distance that Adam's per-element scaling does not touch, so a
+    weight stays at 0 while ``|m_hat| / (sqrt(v_hat) + eps) <= l1``. The moments see
+    the loss (and, for Adam, L2) gradient only: a sign(p) term in them would be
+    discontinuous at 0, and Adam's per-element scaling would turn it into a step of
+    about ``lr`` for any weight whose gradient is near 0, so such weights would jump
+    across 0 every step rather than settle at it.
     """
+    g = _regularized(grad, param, 0.0 if decoupled else weight_decay, decay_mask)
     if decoupled:
-        # L1's sign is taken before the decay shrinks param, so both terms see the same
-        # parameter value (the coupled branch below does the same).
-        g = _regularized(grad, param, 0.0, l1, decay_mask)
         param -= lr * weight_decay * param * decay_mask
-    else:
-        g = _regularized(grad, param, weight_decay, l1, decay_mask)
     m[...] = beta1 * m + (1 - beta1) * g
     v[...] = beta2 * v + (1 - beta2) * g * g
     m_hat = m / (1 - beta1**step)
     v_hat = v / (1 - beta2**step)
     param -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    _shrink_weights(param, lr, l1, decay_mask)

@@ -39,6 +39,11 @@ class Optimizer:
     as flat arrays and restore them on any number of ranks. ``xp`` is the array module
     of the parameters (numpy, or cupy on a GPU): the state and the decay mask live
     where the parameters do.
+
+    Regularisation applies where ``decay_mask`` is 1 (weights, never biases): weight
+    decay as L2 in the gradient (decoupled for AdamW), and L1 after the update as the
+    proximal step ``p = sign(p) * max(|p| - lr * l1, 0)``, so the velocity and Adam's
+    moments carry the loss and L2 gradient only (``kernels/reference.py`` says why).
     """
 
     def __init__(self, cfg, decay_mask: np.ndarray, kernels, xp=np):

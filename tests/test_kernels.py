@@ -381,6 +381,13 @@ G1 = np.array([0.1, -0.2, 0.3])
 G2 = np.array([0.05, 0.1, -0.1])
 
 
+def shrink_by_hand(p, shrink):
+    """L1's proximal step for these weights, none of which comes within ``shrink`` of 0:
+    each moves ``shrink`` towards 0; the bias (MASK 0) stays."""
+    assert np.all(np.abs(p[MASK == 1]) > shrink)
+    return p - MASK * np.sign(p) * shrink
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sgd_nesterov_two_steps_by_hand(backend):
     lr, mu, wd, l1 = 0.1, 0.9, 0.01, 0.001
@@ -388,13 +395,13 @@ def test_sgd_nesterov_two_steps_by_hand(backend):
     for grad in (G1, G2):
         kernels.get(backend).sgd_update(param, grad, velocity, lr, mu, True, wd, l1, MASK)
 
-    sign0 = np.array([1.0, -1.0, 0.0])  # sign of P0, bias masked out
-    g1 = G1 + MASK * (wd * P0 + l1 * sign0)
+    # L2 enters the gradient (and so the velocity); L1 shrinks after the step.
+    g1 = G1 + MASK * wd * P0
     v1 = g1
-    p1 = P0 - lr * (g1 + mu * v1)
-    g2 = G2 + MASK * (wd * p1 + l1 * sign0)  # signs unchanged by the small step
+    p1 = shrink_by_hand(P0 - lr * (g1 + mu * v1), lr * l1)
+    g2 = G2 + MASK * wd * p1
     v2 = mu * v1 + g2
-    p2 = p1 - lr * (g2 + mu * v2)
+    p2 = shrink_by_hand(p1 - lr * (g2 + mu * v2), lr * l1)
     np.testing.assert_allclose(param, p2, rtol=1e-12)
     np.testing.assert_allclose(velocity, v2, rtol=1e-12)
 
@@ -411,12 +418,13 @@ def test_plain_sgd_two_steps_by_hand(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("decoupled", (False, True))
-def test_adam_two_steps_by_hand(backend, decoupled):
+@pytest.mark.parametrize("l1", (0.0, 0.5))
+def test_adam_two_steps_by_hand(backend, decoupled, l1):
     lr, b1, b2, eps, wd = 0.01, 0.9, 0.999, 1e-8, 0.1
     param, m, v = P0.copy(), np.zeros(3), np.zeros(3)
     for step, grad in enumerate((G1, G2), start=1):
         kernels.get(backend).adam_update(param, grad, m, v, lr, b1, b2, eps, step, wd,
-                                         decoupled, 0.0, MASK)
+                                         decoupled, l1, MASK)
 
     def decay_and_regularise(p, grad):
         """(param after decoupled decay, gradient after L2) for one step."""
@@ -428,12 +436,13 @@ def test_adam_two_steps_by_hand(backend, decoupled):
     m1 = (1 - b1) * g1
     v1 = (1 - b2) * g1**2
     # Bias correction exactly undoes the (1 - beta) factors on step one.
-    p1 = p0 - lr * g1 / (np.abs(g1) + eps)
+    p1 = shrink_by_hand(p0 - lr * g1 / (np.abs(g1) + eps), lr * l1)
 
     p1, g2 = decay_and_regularise(p1, G2)
     m2 = b1 * m1 + (1 - b1) * g2
     v2 = b2 * v1 + (1 - b2) * g2**2
-    p2 = p1 - lr * (m2 / (1 - b1**2)) / (np.sqrt(v2 / (1 - b2**2)) + eps)
+    p2 = shrink_by_hand(p1 - lr * (m2 / (1 - b1**2)) / (np.sqrt(v2 / (1 - b2**2)) + eps),
+                        lr * l1)
 
     np.testing.assert_allclose(param, p2, rtol=1e-12)
     np.testing.assert_allclose(m, m2, rtol=1e-12)
@@ -447,3 +456,81 @@ def test_adam_first_step_moves_by_lr(backend):
     kernels.get(backend).adam_update(param, G1, np.zeros(3), np.zeros(3), 0.01, 0.9,
                                      0.999, 1e-12, 1, 0.0, False, 0.0, MASK)
     np.testing.assert_allclose(P0 - param, 0.01 * np.sign(G1), rtol=1e-8)
+
+
+# --- L1 as a proximal step --------------------------------------------------------
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+L1_LR, L1 = 0.1, 0.01  # the shrink per step, lr * l1, is 1e-3
+
+
+def optimizer_step(module, name, param, grad, state, weight_decay, l1, mask):
+    """One step of optimizer ``name`` (step 1, so Adam's state starts at zero)."""
+    first, second = state
+    if name in ("adam", "adamw"):
+        module.adam_update(param, grad, first, second, L1_LR, 0.9, 0.999, 1e-8, 1,
+                           weight_decay, name == "adamw", l1, mask)
+    else:
+        module.sgd_update(param, grad, first, L1_LR, 0.0 if name == "sgd" else 0.9,
+                          name == "nesterov", weight_decay, l1, mask)
+
+
+def soft_threshold(q, shrink, mask):
+    """``sign(q) * max(|q| - shrink, 0)`` on the weights (mask 1), ``q`` on the rest."""
+    return np.where(mask == 1, np.sign(q) * np.maximum(np.abs(q) - shrink, 0), q)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_l1_puts_weights_near_zero_exactly_at_zero(backend, dtype, name):
+    # +-1e-21 is what a weight that should be 0 holds after a sum whose order decides the
+    # rounding (it differs with the rank count). A subgradient sends these two a whole
+    # lr * l1 apart; the proximal step puts both at 0, as it does any weight within
+    # lr * l1 of 0 after the gradient step (here the gradient is 0).
+    param = np.array([1e-21, -1e-21, 4e-4, -6e-4, 1e-21, -1e-21], dtype)
+    mask = np.array([1, 1, 1, 1, 0, 0], dtype=np.uint8)
+    state = np.zeros(6, dtype), np.zeros(6, dtype)
+    optimizer_step(kernels.get(backend), name, param, np.zeros(6, dtype), state, 0.0, L1,
+                   mask)
+    np.testing.assert_array_equal(param[:4], 0)
+    # Biases are never shrunk: the two at +-1e-21 keep their values to the bit.
+    np.testing.assert_array_equal(param[4:], np.array([1e-21, -1e-21], dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_l1_keeps_diverged_weights_visible(backend, name):
+    # The shrink must not turn NaN into 0, or a diverged run would look sparse.
+    param = np.array([np.nan, 0.5])
+    optimizer_step(kernels.get(backend), name, param, np.zeros(2),
+                   (np.zeros(2), np.zeros(2)), 0.0, L1, np.ones(2, dtype=np.uint8))
+    assert np.isnan(param[0]) and param[1] == 0.5 - L1_LR * L1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("weight_decay", (0.0, 1e-2))
+def test_l1_is_a_soft_threshold_after_the_usual_update(backend, dtype, name, weight_decay):
+    module = kernels.get(backend)
+    param, (grad, *_), mask = _flat_problem(dtype, 37, seed=11)
+    grad = np.concatenate([grad, np.array([0.2, -0.3, 0.2], dtype)])
+    param = np.concatenate([param, np.array([0.5, -0.7, 0.5], dtype)])
+    mask = np.concatenate([mask, np.array([1, 1, 0], dtype=np.uint8)])
+    plain, shrunk = both(param)
+    plain_state = np.zeros_like(param), np.zeros_like(param)
+    shrunk_state = np.zeros_like(param), np.zeros_like(param)
+    optimizer_step(module, name, plain, grad, plain_state, weight_decay, 0.0, mask)
+    optimizer_step(module, name, shrunk, grad, shrunk_state, weight_decay, L1, mask)
+
+    # The shrink is lr * l1 rounded once to the dtype (a Python float product, then cast).
+    shrink = np.dtype(dtype).type(L1_LR * L1)
+    far = (mask == 1) & (np.abs(plain) > shrink)
+    assert far.sum() > 20  # most weights move by exactly the shrink towards 0
+    np.testing.assert_array_equal(shrunk[far], plain[far] - np.sign(plain[far]) * shrink)
+    np.testing.assert_array_equal(shrunk, soft_threshold(plain, shrink, mask))
+    np.testing.assert_array_equal(shrunk[mask == 0], plain[mask == 0])  # biases untouched
+    # Momentum and Adam's moments see the loss (and L2) gradient only.
+    for got, want in zip(shrunk_state, plain_state):
+        np.testing.assert_array_equal(got, want)

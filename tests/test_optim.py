@@ -44,3 +44,25 @@ def test_optimizer_minimises_a_quadratic(name):
         opt.step(p, p - target, 0.05)
     np.testing.assert_allclose(p, target, atol=1e-3)
     assert opt.step_count == 500
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_l1_reaches_the_lasso_solution_with_exact_zeros(momentum, nesterov):
+    # 0.5 * (p - target)**2 + l1 * |p| is minimised by soft_threshold(target, l1). L1's
+    # proximal step reaches it, zeros included; a subgradient would leave the small
+    # targets' weights hopping lr * l1 either side of 0. The shrink is applied once per
+    # step while the velocity carries 1 / (1 - momentum) gradients, so with momentum
+    # the weights settle where the gradient is (1 - momentum) * l1, not l1.
+    l1 = 0.5
+    cfg = TrainConfig(optimizer="sgd", momentum=momentum, nesterov=nesterov, l1=l1,
+                      dtype="float64")
+    opt = Optimizer(cfg, np.ones(6, dtype=np.uint8), kernels.get("cpu"))
+    target = np.array([-2.0, -0.3, -0.01, 0.04, 0.3, 2.0])
+    p = np.zeros(6)
+    for _ in range(2000):
+        opt.step(p, p - target, 0.05)
+    strength = (1 - momentum) * l1
+    want = np.sign(target) * np.maximum(np.abs(target) - strength, 0)
+    assert np.count_nonzero(want == 0) >= 2
+    np.testing.assert_array_equal(p[want == 0], 0)
+    np.testing.assert_allclose(p, want, rtol=1e-12, atol=0)

@@ -203,6 +203,42 @@ def adam_case(mem, sizes, dtype, name):
     close(mem.get(v_dev), v_ref, dtype, what="v")
 
 
+L1_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+
+
+def l1_case(mem, sizes, dtype, optimizer):
+    """L1's proximal step: weights at +-1e-21 with no gradient (rounding noise around 0)
+    end exactly at 0, biases at +-1e-21 keep their values, a NaN weight stays NaN, and
+    the rest of the buffer follows the reference over three steps with weight decay."""
+    cuda, ref = kernels.get("cuda"), kernels.get("reference")
+    special = np.array([1e-21, -1e-21, 1e-21, -1e-21, np.nan], dtype)
+    param, grads, mask = flat_problem(dtype, sizes["flat"], "l1-" + optimizer)
+    param = np.concatenate([special, param])
+    grads = [np.concatenate([np.zeros(special.size, dtype), grad]) for grad in grads]
+    mask = np.concatenate([np.array([1, 1, 0, 0, 1], np.uint8), mask])
+    p_dev, p_ref = mem.pair(param)
+    s_dev = [mem.pair(np.zeros(param.size, dtype)) for _ in range(2)]
+    mask_dev = mem.put(mask)
+    lr, weight_decay, l1 = 0.1, 1e-2, 1e-2
+    for step, grad in enumerate(grads, start=1):
+        for module, p, (first, second), g, msk in (
+                (cuda, p_dev, [pair[0] for pair in s_dev], mem.put(grad), mask_dev),
+                (ref, p_ref, [pair[1] for pair in s_dev], grad, mask)):
+            if optimizer in ("adam", "adamw"):
+                module.adam_update(p, g, first, second, lr, 0.9, 0.999, 1e-8, step,
+                                   weight_decay, optimizer == "adamw", l1, msk)
+            else:
+                module.sgd_update(p, g, first, lr, 0.0 if optimizer == "sgd" else 0.9,
+                                  optimizer == "nesterov", weight_decay, l1, msk)
+    got = mem.get(p_dev)
+    assert (got[:2] == 0).all(), f"weights at +-1e-21 ended at {got[:2]}, not at 0"
+    assert (got[2:4] == special[2:4]).all(), f"biases at +-1e-21 ended at {got[2:4]}"
+    assert np.isnan(got[4]), f"a NaN weight ended at {got[4]}"
+    close(got, p_ref, dtype, what="param")
+    for (dev, host), what in zip(s_dev, ("velocity or m", "v")):
+        close(mem.get(dev), host, dtype, what=what)
+
+
 def known_values_case(mem, sizes, dtype):
     """Ties, extreme logits and an empty batch, as tests/test_kernels.py checks them."""
     cuda = kernels.get("cuda")
@@ -302,6 +338,8 @@ def cases(mode):
             add(f"sgd_update[{name}-{dtype}]", sgd_case, dtype, name)
         for name in ADAM_CASES:
             add(f"adam_update[{name}-{dtype}]", adam_case, dtype, name)
+        for name in L1_OPTIMIZERS:
+            add(f"l1_proximal_step[{name}-{dtype}]", l1_case, dtype, name)
         add(f"known_values[{dtype}]", known_values_case, dtype)
         add(f"bad_labels[{dtype}]", bad_labels_case, dtype)
         add(f"warm_up[{dtype}]", warm_up_case, dtype)
