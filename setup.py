@@ -6,7 +6,7 @@ called plain ``kernels`` lands in site-packages.
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "mpi_dml" / "__init__.py").read_text()).group(1)
@@ -18,7 +18,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["mpi_dml", "mpi_dml.sources", "mpi_dml.kernels"],
+    packages=["mpi_dml.kernels", *find_packages(include=["mpi_dml", "mpi_dml.*"])],
     package_dir={"mpi_dml": "mpi_dml", "mpi_dml.kernels": "kernels"},
     install_requires=[
         "numpy>=1.24",

@@ -35,7 +35,7 @@ from mpi4py import MPI
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from mpi_dml.comm import Comm, install_abort_hook  # noqa: E402
+from mpi_dml.parallel.comm import Comm, install_abort_hook  # noqa: E402
 
 TARGET = 0.95
 KIB = 1024

@@ -40,7 +40,7 @@ TARGET_SHARE = 0.70  # mpi_dml TFLOP/s over CuPy GEMM TFLOP/s, large MLP
 
 def why_no_gpu() -> str | None:
     """Why the GPU benchmark cannot run here, in one sentence, or None."""
-    from mpi_dml.gpu import unavailable_reason
+    from mpi_dml.devices.gpu import unavailable_reason
 
     reason = unavailable_reason()
     if reason:

@@ -68,7 +68,7 @@ def worker_validate(args):
     from mpi_dml.config import TrainConfig
     from mpi_dml.kernels import get, warm_up
     from mpi_dml.models import build_model
-    from mpi_dml.optim import Optimizer
+    from mpi_dml.algorithms.optim import Optimizer
 
     torch.backends.cuda.matmul.allow_tf32 = False
     k = get("cuda")
@@ -128,9 +128,9 @@ def worker_validate(args):
 # --- timed workers (one process per rank, under mpiexec) ------------------------------------
 def worker_mpi_dml(args):
     """The engine as users run it, on the GPU: TrainConfig(device="gpu") -> Trainer.fit()."""
-    from mpi_dml.comm import Comm, install_abort_hook
+    from mpi_dml.parallel.comm import Comm, install_abort_hook
     from mpi_dml.config import TrainConfig
-    from mpi_dml.train import Trainer
+    from mpi_dml.engine.trainer import Trainer
 
     install_abort_hook()
     comm = Comm.world()

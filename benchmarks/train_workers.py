@@ -57,7 +57,7 @@ def validate(seed: int = 0) -> list[str]:
     from mpi_dml.config import TrainConfig
     from mpi_dml.kernels import get, warm_up
     from mpi_dml.models import build_model
-    from mpi_dml.optim import Optimizer
+    from mpi_dml.algorithms.optim import Optimizer
 
     threadpool_limits(1)
     torch.set_num_threads(1)
@@ -141,8 +141,8 @@ def linear_layers(net):
 # --- workers (one process per rank, under mpiexec) -----------------------------------------
 def worker_mpi_dml(args):
     """The engine as users run it: TrainConfig -> Trainer.fit(); figures from metrics.jsonl."""
-    from mpi_dml.comm import Comm, install_abort_hook
-    from mpi_dml.train import Trainer
+    from mpi_dml.parallel.comm import Comm, install_abort_hook
+    from mpi_dml.engine.trainer import Trainer
 
     install_abort_hook()
     comm = Comm.world()
@@ -176,9 +176,9 @@ def worker_profile(args):
     its own timers give data gathering and the gradient Allreduce (including waiting for
     the slowest rank). What remains of the compute time is the GEMMs plus Python glue.
     """
-    from mpi_dml.comm import Comm, install_abort_hook
+    from mpi_dml.parallel.comm import Comm, install_abort_hook
     from mpi_dml.kernels import get, warm_up
-    from mpi_dml.train import Trainer
+    from mpi_dml.engine.trainer import Trainer
 
     install_abort_hook()
     comm = Comm.world()

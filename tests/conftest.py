@@ -104,12 +104,12 @@ def run_cli(n: int, *args, **kw) -> subprocess.CompletedProcess:
 def digits(tmp_path_factory):
     """Paths of the digits train/test CSVs (real data shipped with scikit-learn)."""
     pytest.importorskip("sklearn")
-    from mpi_dml.datasets import prepare
+    from mpi_dml.data.bundled import prepare
     return prepare("digits", tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="session")
 def breast_cancer(tmp_path_factory):
     pytest.importorskip("sklearn")
-    from mpi_dml.datasets import prepare
+    from mpi_dml.data.bundled import prepare
     return prepare("breast_cancer", tmp_path_factory.mktemp("breast_cancer"))

@@ -175,7 +175,7 @@ def test_exception_on_one_rank_ends_the_job(tmp_path):
     from conftest import run_mpi
     script = tmp_path / "crash.py"
     script.write_text(
-        "from mpi_dml.comm import Comm, install_abort_hook\n"
+        "from mpi_dml.parallel.comm import Comm, install_abort_hook\n"
         "install_abort_hook()\n"
         "comm = Comm.world()\n"
         "if comm.rank == comm.size - 1:\n"

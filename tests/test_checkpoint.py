@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from mpi_dml.checkpoint import (CheckpointState, check_compatible, latest_checkpoint,
+from mpi_dml.engine.checkpoint import (CheckpointState, check_compatible, latest_checkpoint,
                                 list_checkpoints, load_checkpoint, model_description,
                                 resolve_resume, save_checkpoint)
 from mpi_dml.config import TrainConfig
@@ -239,7 +239,7 @@ def line(folder, steps) -> dict:
 
 
 def test_resuming_from_an_older_checkpoint_moves_the_later_ones_aside(tmp_path):
-    from mpi_dml.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint import set_aside_for_resume
     run = tmp_path / "run"
     before = line(run / "checkpoints", (12, 24, 36, 48))
     resumed = run / "checkpoints" / ckpt_name(24)
@@ -255,7 +255,7 @@ def test_resuming_from_an_older_checkpoint_moves_the_later_ones_aside(tmp_path):
 
 
 def test_resuming_from_another_folder_moves_this_folders_checkpoints_aside(tmp_path):
-    from mpi_dml.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint import set_aside_for_resume
     other = line(tmp_path / "other" / "checkpoints", (5, 10))
     line(tmp_path / "run" / "checkpoints", (12, 24))
     resumed = tmp_path / "run" / "checkpoints" / ckpt_name(24)
@@ -268,7 +268,7 @@ def test_resuming_from_another_folder_moves_this_folders_checkpoints_aside(tmp_p
 
 
 def test_nothing_to_set_aside_moves_nothing(tmp_path):
-    from mpi_dml.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint import set_aside_for_resume
     run = tmp_path / "run"
     before = line(run / "checkpoints", (12, 24))
     newest = run / "checkpoints" / ckpt_name(24)
@@ -286,7 +286,7 @@ def test_nothing_to_set_aside_moves_nothing(tmp_path):
 
 
 def test_two_set_asides_in_one_second_get_their_own_folders(tmp_path):
-    from mpi_dml.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint import set_aside_for_resume
     run = tmp_path / "run"
     folder = run / "checkpoints"
     line(folder, (12, 24, 36))
@@ -320,7 +320,7 @@ def read_only(folder):
 
 
 def test_a_failed_set_aside_is_one_user_error_and_moves_nothing(tmp_path):
-    from mpi_dml.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint import set_aside_for_resume
     run = tmp_path / "run"
     folder = run / "checkpoints"
     before = line(folder, (12, 24, 36))
@@ -341,7 +341,7 @@ def test_a_failed_move_at_rotation_deletes_nothing(tmp_path):
     # once the folder is made read-only: write it elsewhere and link it in first.
     save_checkpoint(tmp_path / "d", state, keep=3)
     os.link(tmp_path / "d" / ckpt_name(150), tmp_path / "c" / ckpt_name(150))
-    from mpi_dml.checkpoint import _rotate
+    from mpi_dml.engine.checkpoint import _rotate
     with read_only(tmp_path / "c"):
         with pytest.raises(UserError, match="writable"):
             _rotate(tmp_path / "c", tmp_path / "c" / ckpt_name(150), 3)
@@ -474,7 +474,7 @@ def test_check_compatible_after_a_round_trip(tmp_path):
 WRITER = """
 import sys
 import numpy as np
-from mpi_dml.checkpoint import CheckpointState, save_checkpoint
+from mpi_dml.engine.checkpoint import CheckpointState, save_checkpoint
 folder, step, n = sys.argv[1], int(sys.argv[2]), 8_000_000
 while True:
     state = CheckpointState(

@@ -5,9 +5,9 @@ Pure functions, one process; the end-to-end behaviour is in test_features_mpi.py
 import numpy as np
 import pytest
 
-from mpi_dml import sources
-from mpi_dml.comm import Comm
-from mpi_dml.dataset import choose_columns, negligible_spread, standardization
+from mpi_dml.data import formats as sources
+from mpi_dml.parallel.comm import Comm
+from mpi_dml.data.dataset import choose_columns, negligible_spread, standardization
 from mpi_dml.errors import UserError
 
 

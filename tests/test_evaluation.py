@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from mpi_dml import kernels
-from mpi_dml.comm import Comm
+from mpi_dml.parallel.comm import Comm
 from mpi_dml.config import build_config
 from mpi_dml.errors import UserError
-from mpi_dml.evaluation import split_metrics
-from mpi_dml.model_io import load_model, save_model
+from mpi_dml.engine.evaluation import split_metrics
+from mpi_dml.io.model_files import load_model, save_model
 from mpi_dml.models import build_model
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_cli, run_mpi
-from mpi_dml.comm import launcher_mismatch
+from mpi_dml.parallel.comm import launcher_mismatch
 
 pytestmark = pytest.mark.mpi
 
@@ -104,7 +104,8 @@ def test_srun_without_mpi_is_refused(digits, tmp_path):
 
 
 def test_exit_codes_are_distinct():
-    from mpi_dml import errors, watchdog
+    from mpi_dml import errors
+    from mpi_dml.parallel import watchdog
     codes = [errors.EXIT_USER_ERROR, errors.EXIT_TRAINING_FAILED, errors.EXIT_PREEMPTED,
              watchdog.EXIT_STALLED]
     assert len(set(codes)) == len(codes) and 0 not in codes and 1 not in codes
@@ -112,7 +113,7 @@ def test_exit_codes_are_distinct():
 
 def test_python_level_check_does_not_import_mpi_twice():
     """launcher_mismatch is pure: importable and callable without a launcher."""
-    out = subprocess.run([sys.executable, "-c", "from mpi_dml.comm import launcher_mismatch;"
+    out = subprocess.run([sys.executable, "-c", "from mpi_dml.parallel.comm import launcher_mismatch;"
                           "print(launcher_mismatch(1, {'SLURM_STEP_NUM_TASKS': '3'}) is not None)"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout.strip() == "True", out.stderr

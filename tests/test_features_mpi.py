@@ -23,7 +23,7 @@ FLAGS = ("--model", "logistic", "--optimizer", "sgd", "--lr", "0.05", "--batch-s
 def cancer():
     """Breast-cancer rows (real data shipped with scikit-learn), 80/20 split."""
     pytest.importorskip("sklearn")
-    from mpi_dml.datasets import load, stratified_split
+    from mpi_dml.data.bundled import load, stratified_split
     x, y, names = load("breast_cancer")
     train, test = stratified_split(y, 0.2, seed=0)
     return (x[train], y[train]), (x[test], y[test]), names

@@ -22,17 +22,18 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import ROOT, mpi_env, run_cli, run_mpi
-from mpi_dml import gpu, kernels
-from mpi_dml.comm import Comm, mpi_library_version
+from mpi_dml.devices import gpu
+from mpi_dml import kernels
+from mpi_dml.parallel.comm import Comm, mpi_library_version
 from mpi_dml.config import TrainConfig
-from mpi_dml.cuda_aware_mpi import libmpi_paths, mpi_cuda_support
+from mpi_dml.devices.cuda_aware_mpi import libmpi_paths, mpi_cuda_support
 from mpi_dml.errors import AgreedError, UserError
-from mpi_dml.evaluation import split_metrics
-from mpi_dml.gpu import unavailable_reason
-from mpi_dml.gpu_exchange import (CUDA_AWARE_ENV, bind_index, choose_exchange, combine_support,
+from mpi_dml.engine.evaluation import split_metrics
+from mpi_dml.devices.gpu import unavailable_reason
+from mpi_dml.devices.gpu_exchange import (CUDA_AWARE_ENV, bind_index, choose_exchange, combine_support,
                                   cuda_mpi_support, shared_gpus, sharing_note, sharing_warning)
 from mpi_dml.models import build_model, labels_for_loss
-from mpi_dml.optim import Optimizer
+from mpi_dml.algorithms.optim import Optimizer
 
 GPU_REASON = unavailable_reason()
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"needs a CUDA GPU: {GPU_REASON}")

@@ -70,7 +70,7 @@ def test_simulated_cuda_matches_reference(simulated, case):
 
 @pytest.fixture(scope="module")
 def on_gpu():
-    from mpi_dml import gpu
+    from mpi_dml.devices import gpu
 
     reason = gpu.unavailable_reason()
     if reason is not None:

@@ -17,7 +17,7 @@ from safetensors.numpy import load, save
 
 from conftest import run_cli
 from mpi_dml.errors import UserError
-from mpi_dml.model_io import load_model, save_model
+from mpi_dml.io.model_files import load_model, save_model
 from mpi_dml.models import build_model
 
 FEATURES = ["a", "b", "c"]

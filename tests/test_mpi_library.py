@@ -24,12 +24,12 @@ MPICH = ("MPICH Version:      5.0.2\nMPICH Release date: Fri Sep 25 20:45:26 UTC
     ("Some MPI 1.0\x00stale bytes after the terminator", "Some MPI 1.0"),
 ])
 def test_library_name(raw, name):
-    from mpi_dml.comm import library_name
+    from mpi_dml.parallel.comm import library_name
     assert library_name(raw) == name
 
 
 def test_version_text_ends_at_the_terminator():
-    from mpi_dml.comm import version_text
+    from mpi_dml.parallel.comm import version_text
     assert version_text(OPEN_MPI) == OPEN_MPI[:-1]
     assert version_text(MPICH) == MPICH.strip()
 

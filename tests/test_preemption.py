@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from mpi_dml.consistency import first_disagreement, tensor_checksums
-from mpi_dml import preemption, watchdog
+from mpi_dml.parallel.consistency import first_disagreement, tensor_checksums
+from mpi_dml.parallel import preemption, watchdog
 from mpi_dml.errors import EXIT_PREEMPTED
-from mpi_dml.preemption import RootLink, StopRequest
-from mpi_dml.watchdog import Watchdog, describe_others
+from mpi_dml.parallel.preemption import RootLink, StopRequest
+from mpi_dml.parallel.watchdog import Watchdog, describe_others
 
 
 def wait_until(predicate, timeout=5.0):

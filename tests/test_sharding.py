@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mpi_dml import sharding
+from mpi_dml.data import sharding
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 10, 1797])

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import RANKS, run_mpi
 
-from mpi_dml import sources
-from mpi_dml.sources import csv_table
-from mpi_dml.comm import Comm
+from mpi_dml.data import formats as sources
+from mpi_dml.data.formats import csv_table
+from mpi_dml.parallel.comm import Comm
 from mpi_dml.errors import UserError
 
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "sources_check.py"

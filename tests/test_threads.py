@@ -1,7 +1,7 @@
 """Threads per rank: pure function of the request, Slurm's word and the CPU binding."""
 import pytest
 
-from mpi_dml.threads import threads_per_rank
+from mpi_dml.parallel.threads import threads_per_rank
 
 
 @pytest.mark.parametrize("requested,sharing,environ,cpus,expected", [

@@ -30,7 +30,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import run_cli
-from mpi_dml import sharding
+from mpi_dml.data import sharding
 from mpi_dml.kernels import reference as ref
 
 RTOL = 1e-10
@@ -280,9 +280,9 @@ def replay(s: dict, path) -> tuple[dict, list]:
 
 # --- the engine and the comparison --------------------------------------------------
 def train_in_process(s: dict, data, out) -> None:
-    from mpi_dml.comm import Comm
+    from mpi_dml.parallel.comm import Comm
     from mpi_dml.config import TrainConfig
-    from mpi_dml.train import Trainer
+    from mpi_dml.engine.trainer import Trainer
 
     cfg = TrainConfig(data=str(data), label_column="label", out=str(out), device="cpu",
                       threads=1, progress="none", **s)

@@ -287,9 +287,9 @@ def warm_up_case(mem, sizes, dtype):
 
 def train_case(mem, sizes, dtype):
     """A tiny real training with the cuda kernels ends where the reference's does."""
-    from mpi_dml.comm import Comm
+    from mpi_dml.parallel.comm import Comm
     from mpi_dml.config import TrainConfig
-    from mpi_dml.train import Trainer
+    from mpi_dml.engine.trainer import Trainer
 
     rng = rng_for("train")
     x = rng.standard_normal((40, 5))
@@ -355,9 +355,9 @@ def case_names(mode):
 # --- running ----------------------------------------------------------------------------
 
 def gpu_arrays():
-    """(Arrays for CuPy, None), or (None, why not). ``mpi_dml.gpu`` is the module that
+    """(Arrays for CuPy, None), or (None, why not). ``mpi_dml.devices.gpu`` is the module that
     imports CuPy; this takes the module it loaded."""
-    from mpi_dml import gpu
+    from mpi_dml.devices import gpu
 
     reason = gpu.unavailable_reason()
     if reason is not None:

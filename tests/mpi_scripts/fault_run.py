@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mpi_dml import models
 from mpi_dml.cli import main
-from mpi_dml.comm import Comm
+from mpi_dml.parallel.comm import Comm
 
 
 def inject(fault: str | None, at_step: int, log: Path | None, rank: int):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mpi_dml import sources
-from mpi_dml.sources import csv_table
-from mpi_dml.comm import Comm, install_abort_hook
+from mpi_dml.data import formats as sources
+from mpi_dml.data.formats import csv_table
+from mpi_dml.parallel.comm import Comm, install_abort_hook
 from mpi_dml.errors import EXIT_USER_ERROR, AgreedError
 
 

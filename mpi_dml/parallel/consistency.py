@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from .errors import TrainingFailed
+from ..errors import TrainingFailed
 
 
 def tensor_checksums(named: dict) -> list[int]:

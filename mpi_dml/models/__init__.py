@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gpu import array_module
+from ..devices.gpu import array_module
 
 # loss name -> the kernel that turns outputs into loss and dLoss/dz
 LOSSES = {

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from .errors import EXIT_USER_ERROR, AgreedError, Preempted, UserError
+from ..errors import EXIT_USER_ERROR, AgreedError, Preempted, UserError
 
 # Flag -> (type, help). Names match TrainConfig fields and TOML keys.
 TRAIN_FLAGS = {
@@ -107,7 +107,7 @@ class _RootParser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     try:
-        from .comm import Comm, install_abort_hook, launcher_mismatch
+        from ..parallel.comm import Comm, install_abort_hook, launcher_mismatch
     except (ImportError, RuntimeError) as exc:
         message = no_mpi_library_message(exc, os.environ)
         if message is None:
@@ -190,8 +190,8 @@ def _run(args, comm) -> int:
         info_command(comm)
         return 0
     if args.command == "train":
-        from .preemption import ignore_stop_signals
-        from .train import Trainer
+        from ..engine.trainer import Trainer
+        from ..parallel.preemption import ignore_stop_signals
         cfg, notes = comm.agreed(_train_config, args)
         if comm.is_root:
             for note in notes:
@@ -203,9 +203,9 @@ def _run(args, comm) -> int:
             # --signal firing late) must not change the exit status on the way out.
             ignore_stop_signals()
         return 0
-    from .evaluation import evaluate_command, predict_command
-    from .kernels import get
-    from .threads import apply_threads, threads_per_rank
+    from ..engine.evaluation import evaluate_command, predict_command
+    from ..kernels import get
+    from ..parallel.threads import apply_threads, threads_per_rank
     apply_threads(threads_per_rank(0, comm.ranks_sharing_cpus))
     if args.command == "evaluate":
         evaluate_command(args, comm, get("cpu"))
@@ -215,7 +215,7 @@ def _run(args, comm) -> int:
 
 
 def _train_config(args):
-    from .config import build_config, ignored_settings, load_toml
+    from ..config import build_config, ignored_settings, load_toml
 
     file_values = load_toml(args.config) if args.config else {}
     flags = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))

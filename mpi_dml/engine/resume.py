@@ -20,10 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import (CheckpointState, check_compatible, load_checkpoint,
-                         model_description, print_note, resolve_resume, save_checkpoint,
-                         set_aside_for_resume)
-from .errors import UserError
+from ..errors import UserError
+from .checkpoint import (
+    CheckpointState,
+    check_compatible,
+    load_checkpoint,
+    model_description,
+    print_note,
+    resolve_resume,
+    save_checkpoint,
+    set_aside_for_resume,
+)
 
 
 class Resumed:

@@ -5,8 +5,8 @@
 
 or from Python, with a communicator the caller owns:
 
-    from mpi_dml.comm import Comm
-    from mpi_dml.train import Trainer
+    from mpi_dml.parallel.comm import Comm
+    from mpi_dml.engine.trainer import Trainer
     metrics = Trainer(cfg, comm=Comm.world()).fit()
 """
 from __future__ import annotations
@@ -21,22 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, consistency, resume, sharding
+from .. import __version__
+from ..algorithms.optim import Optimizer, learning_rate
+from ..config import parse_interval
+from ..data import sharding
+from ..data.dataset import load_training, standardization
+from ..devices.device import select_device
+from ..errors import AgreedError, Preempted, TrainingFailed, UserError
+from ..io.model_files import atomic_write, save_model
+from ..models import build_model, labels_for_loss
+from ..parallel import consistency
+from ..parallel.comm import mpi_library
+from ..parallel.preemption import StopRequest, root_link
+from ..parallel.threads import apply_threads, threads_per_rank
+from ..parallel.watchdog import Watchdog
+from . import resume
 from .checkpoint import CheckpointState, model_description, resolve_resume
-from .comm import mpi_library
-from .config import parse_interval
-from .dataset import load_training, standardization
-from .device import select_device
-from .errors import AgreedError, Preempted, TrainingFailed, UserError
 from .evaluation import finite_or_null, prepare, split_metrics
-from .model_io import atomic_write, save_model
-from .models import build_model, labels_for_loss
-from .optim import Optimizer, learning_rate
-from .preemption import StopRequest, root_link
 from .progress import Progress
-from .threads import apply_threads, threads_per_rank
-from .watchdog import Watchdog
-
 
 # Trailing slots of the gradient buffer that ride along in its Allreduce, so the ranks
 # agree on what to do after each step without a collective of their own.

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 
-from .errors import EXIT_PREEMPTED, AgreedError
+from ..errors import EXIT_PREEMPTED, AgreedError
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 REPEAT_WINDOW = 2.0  # seconds in which a repeat of the first signal counts as the same one

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
+from ..models import Model
 from .model_check import FORMAT, FORMAT_VERSION, check_description, check_tensors
-from .models import Model
 
 
 @contextmanager

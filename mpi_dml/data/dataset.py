@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UserError
 from . import sharding
-from .errors import UserError
-from .sources import open_table
+from .formats import open_table
 
 
 @dataclass

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 from mpi4py import MPI
 
-from .errors import AgreedError, UserError
+from ..errors import AgreedError, UserError
 from .threads import allowed_cpus
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sharding
-from .dataset import check_labels, shown, split_block, unused_note
-from .errors import UserError
-from .gpu import array_module
-from .model_io import atomic_writer, load_model
-from .models import labels_for_loss, predictions
-from .sources import open_table
+from ..data import sharding
+from ..data.dataset import check_labels, shown, split_block, unused_note
+from ..data.formats import open_table
+from ..devices.gpu import array_module
+from ..errors import UserError
+from ..io.model_files import atomic_writer, load_model
+from ..models import labels_for_loss, predictions
 
 EVAL_CHUNK = 8192  # rows per forward pass: bounds memory whatever the shard size
 

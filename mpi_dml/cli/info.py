@@ -14,10 +14,10 @@ import json
 import os
 from collections import Counter
 
-from . import __version__
-from .comm import mpi_library
-from .gpu import gpu_report
-from .threads import allowed_cpus, apply_threads, threads_per_rank
+from .. import __version__
+from ..devices.gpu import gpu_report
+from ..parallel.comm import mpi_library
+from ..parallel.threads import allowed_cpus, apply_threads, threads_per_rank
 
 
 def info_command(comm) -> dict:

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
-from .errors import UserError
-from .model_io import atomic_write
+from ..config import TrainConfig
+from ..errors import UserError
+from ..io.model_files import atomic_write
 
 FORMAT = "mpi_dml.checkpoint"
 FORMAT_VERSION = 1

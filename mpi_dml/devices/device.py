@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 DEVICES = ("cpu", "gpu", "auto")
 
@@ -78,7 +78,7 @@ def select_device(requested: str, comm, dtype, *, kernels=None, exchange: str = 
 
 
 def _cpu_kernels(dtype):
-    from .kernels import get, warm_up
+    from ..kernels import get, warm_up
 
     warm_up("cpu", np.dtype(dtype))  # compile before the clock starts
     return get("cpu")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from ...errors import UserError
 from .base import Table, changed_error, check_file, file_stamp, reading
 
 # Bytes read at a time while looking for line starts in a CSV byte range.

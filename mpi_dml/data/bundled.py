@@ -1,7 +1,7 @@
 """Write real datasets that scikit-learn ships into the CSV format mpi_dml reads.
 
-    $ python -m mpi_dml.datasets digits --out data
-    $ python -m mpi_dml.datasets breast_cancer --out data
+    $ python -m mpi_dml.data.bundled digits --out data
+    $ python -m mpi_dml.data.bundled breast_cancer --out data
 
 Each writes ``NAME_train.csv`` and ``NAME_test.csv`` (80/20, split with a fixed seed and
 stratified by class) with a header row and a ``label`` column. Needs scikit-learn
@@ -57,7 +57,7 @@ def prepare(name: str, out: Path, test_fraction: float = 0.2, seed: int = 0) -> 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mpi_dml.datasets", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mpi_dml.data.bundled", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(LOADERS))
     parser.add_argument("--out", default="data", help="folder to write into (default: data)")

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..errors import UserError
+from ...errors import UserError
 
 
 class Table:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import UserError
+from ..errors import UserError
 
 EXCHANGES = ("auto", "nccl", "cuda-aware", "host")
 # Set to 1 for an MPI that is CUDA-aware but cannot say so (no MPIX_Query_cuda_support),
@@ -128,6 +128,6 @@ def cuda_mpi_support(environ=os.environ) -> tuple[bool | None, str]:
     if said in ("0", "no", "false"):
         return False, f"{CUDA_AWARE_ENV}={environ[CUDA_AWARE_ENV]} says MPI is not CUDA-aware"
     # Imported here: comm imports mpi4py, which starts MPI.
-    from .comm import mpi_library_version
+    from ..parallel.comm import mpi_library_version
     from .cuda_aware_mpi import mpi_cuda_support
     return mpi_cuda_support(mpi_library_version())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from ...errors import UserError
 from .base import Table, check_file
 
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: all convert to float64 exactly enough

@@ -39,9 +39,16 @@ import warnings
 
 import numpy as np
 
-from .errors import AgreedError, UserError
-from .gpu_exchange import (bind_index, choose_exchange, combine_support, cuda_mpi_support,
-                           shared_gpus, sharing_note, sharing_warning)
+from ..errors import AgreedError, UserError
+from .gpu_exchange import (
+    bind_index,
+    choose_exchange,
+    combine_support,
+    cuda_mpi_support,
+    shared_gpus,
+    sharing_note,
+    sharing_warning,
+)
 
 INSTALL_HINT = "pip install 'mpi_dml[gpu]'"
 
@@ -450,7 +457,7 @@ def _cuda_kernels(dtype, index):
         numba.core.config.reload_config()  # numba read its settings at import, before this
 
         cuda.select_device(index)  # the primary context CuPy uses, so both share it
-        from .kernels import get, warm_up
+        from ..kernels import get, warm_up
 
         kernels = get("cuda")
         warm_up("cuda", dtype)
