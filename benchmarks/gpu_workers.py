@@ -68,7 +68,7 @@ def worker_validate(args):
     from mpi_dml.config import TrainConfig
     from mpi_dml.kernels import get, warm_up
     from mpi_dml.models import build_model
-    from mpi_dml.algorithms.optim import Optimizer
+    from mpi_dml.algorithms.optimizers import Optimizer
 
     torch.backends.cuda.matmul.allow_tf32 = False
     k = get("cuda")

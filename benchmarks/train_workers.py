@@ -57,7 +57,7 @@ def validate(seed: int = 0) -> list[str]:
     from mpi_dml.config import TrainConfig
     from mpi_dml.kernels import get, warm_up
     from mpi_dml.models import build_model
-    from mpi_dml.algorithms.optim import Optimizer
+    from mpi_dml.algorithms.optimizers import Optimizer
 
     threadpool_limits(1)
     torch.set_num_threads(1)

@@ -1,110 +1,138 @@
-"""The one validated training configuration.
+"""The one validated training configuration, nested by the component that uses it.
 
-Values come from, in increasing priority: field defaults, a TOML file (``--config``),
-command-line flags. TOML keys are the flag names (``batch_size`` or ``batch-size``).
-Paths are taken as given, relative to the working directory.
+    cfg = TrainConfig(data="d.csv", label_column="y", out="runs/a", lr=0.05)
+    cfg.solver.lr          # 0.05: the section the algorithm is given
+    cfg.lr                 # the same value, by its TOML key and flag name
+
+Four sections, one per component: ``dataset`` (where the rows come from and which
+columns are what), ``network`` (the model), ``solver`` (the training algorithm) and
+``runtime`` (where and how the job runs: output, devices, checkpoints, faults). Each
+setting lives in exactly one section and keeps one flat name, which is its TOML key
+(``batch_size`` or ``batch-size``) and its flag (``--batch-size``); the flags are made
+from the fields here. Values come from, in increasing priority: field defaults, a TOML
+file (``--config``), command-line flags. Paths are taken as given, relative to the
+working directory.
+
+A setting that does not apply to the chosen model, optimizer or schedule says so in
+its field (``applies``), and a user who gives it gets one note naming it.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
+from .algorithms.optimizers import OPTIMIZERS
+from .algorithms.schedules import SCHEDULES
+from .devices import DEVICES
+from .devices.gpu_exchange import EXCHANGES as GPU_EXCHANGES
 from .errors import UserError
+from .models import HIDDEN_ACTIVATIONS, MODELS, TASKS, default_task
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-MODELS = ("linear", "logistic", "softmax", "svm", "mlp")
-TASKS = ("classification", "regression")
-ACTIVATIONS = ("relu", "tanh")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
 DTYPES = ("float32", "float64")
-DEVICES = ("auto", "cpu", "gpu")
-GPU_EXCHANGES = ("auto", "nccl", "cuda-aware", "host")
 NONFINITE = ("abort", "skip")
+PROGRESS = ("auto", "bar", "lines", "none")
+
+
+def setting(default, help: str, *, applies=None):
+    """A field: its default, its flag's help, and when it applies (a predicate on the
+    whole config, and why not, as a function of it)."""
+    return field(default=default, metadata={"help": help, "applies": applies})
+
+
+_MLP_ONLY = (lambda c: c.model == "mlp", lambda c: f"model {c.model} has no hidden layers")
+_SGD_ONLY = (lambda c: c.optimizer == "sgd", lambda c: f"they apply to sgd, not {c.optimizer}")
+_ADAM_ONLY = (lambda c: c.optimizer != "sgd", lambda c: "they apply to adam and adamw")
+_STEP_ONLY = (lambda c: c.schedule == "step", lambda c: "they apply to the step schedule")
+_CLASS_COUNT = (lambda c: c.model not in ("logistic", "svm") and c.is_classifier,
+                lambda c: "the number of classes is fixed by the model")
 
 
 @dataclass
-class TrainConfig:
-    data: str = ""                # training data: .csv with a header row, .npy or .npz
-    label_column: str = ""        # name of the label column in --data (and --val-data)
-    features: tuple = ()          # feature columns by name; () every column but the label
-                                  # (in .npz: the columns of X)
-    out: str = ""                 # output folder for model.safetensors, model.json, metrics
-    val_data: str = ""            # optional held-out file in the same format
-    val_fraction: float = 0.0     # or: hold out this fraction of --data (whole shards)
-    model: str = "softmax"        # one of MODELS
-    task: str = ""                # mlp only: classification or regression (default classification)
-    hidden: tuple = (128,)        # mlp hidden layer widths, first to last
-    activation: str = "relu"      # mlp hidden activation
-    num_classes: int = 0          # 0: one more than the largest label seen
-    optimizer: str = "sgd"
-    lr: float = 0.01              # peak learning rate
-    momentum: float = 0.0         # sgd only
-    nesterov: bool = False        # sgd only, needs momentum > 0
-    beta1: float = 0.9            # adam/adamw
-    beta2: float = 0.999          # adam/adamw
-    eps: float = 1e-8             # adam/adamw
-    weight_decay: float = 0.0     # L2 on weights (decoupled for adamw); never on biases
-    l1: float = 0.0               # L1 on weights
-    schedule: str = "constant"    # learning-rate schedule after warm-up
-    warmup_steps: int = 0         # linear warm-up from lr/warmup_steps to lr
-    step_epochs: int = 10         # step schedule: multiply by gamma every this many epochs
-    gamma: float = 0.1            # step schedule factor
-    batch_size: int = 64          # GLOBAL batch, split across ranks
-    epochs: int = 10
-    seed: int = 0
-    dtype: str = "float32"
-    standardize: bool = False     # scale features to zero mean, unit variance
-    shards: int = 1024            # virtual shards; fixes batches independently of ranks
-    threads: int = 0              # threads per rank for BLAS/Numba; 0: cores / ranks on node
-    progress: str = "auto"        # auto (bar on a terminal), bar, lines, none
-    device: str = "auto"          # cpu, gpu, or auto (the GPU when CuPy sees one on every rank)
-    gpu_exchange: str = "auto"    # gpu gradient exchange: auto, nccl, cuda-aware or host staging
-    checkpoint_every: str = ""    # "" off; "500" steps; "90s", "10m", "2h" wall time
-    keep: int = 3                 # checkpoints kept; older ones go once a newer one is in place
-    resume: str = ""              # "" fresh; "latest" (must exist) or "auto" in --out; or a path
-    grace: float = 60.0           # seconds after SIGTERM/SIGUSR1 to checkpoint before exiting anyway
-    stall_timeout: float = 900.0  # abort when a collective waits longer than this (0: never)
-    check_every: int = 200        # compare parameter checksums across ranks every N steps (0: never)
-    nonfinite: str = "abort"      # non-finite gradient: abort, or skip the step
+class DatasetSettings:
+    """Where the rows come from and which columns are what."""
 
-    def __post_init__(self):
-        if isinstance(self.hidden, str):
-            self.hidden = parse_int_list(self.hidden, "hidden")
-        self.hidden = tuple(self.hidden)
-        if isinstance(self.features, str):
-            self.features = parse_name_list(self.features)
-        self.features = tuple(self.features)
-        if not self.task:
-            self.task = "regression" if self.model == "linear" else "classification"
+    data: str = setting("", "training data: CSV with a header row, .npy or .npz")
+    val_data: str = setting("", "held-out data in the same format")
+    val_fraction: float = setting(0.0, "hold out this fraction of --data (whole shards)")
+    label_column: str = setting("", "name of the label column")
+    features: tuple = setting((), "feature columns by name, e.g. age,income (default: every "
+                                  "column but the label; for .npz, the columns of X)")
+    shards: int = setting(1024, "virtual shards (fix batches independently of rank count)")
+    standardize: bool = setting(False, "scale features to zero mean and unit variance")
 
-    @property
-    def is_classifier(self) -> bool:
-        return self.task == "classification"
-
-    def validate(self, *, world_size: int = 1) -> "TrainConfig":
-        """Raise UserError naming the parameter, the rule and the value, or return self."""
-        for name in ("data", "label_column", "out"):
+    def validate(self, cfg, world_size):
+        for name in ("data", "label_column"):
             _check(getattr(self, name) != "", name, "be given", getattr(self, name) or "nothing")
+        _check(0 <= self.val_fraction < 1, "val_fraction", "be in [0, 1)", self.val_fraction)
+        _check(not (self.val_fraction and self.val_data), "val_fraction",
+               "not be combined with val_data", self.val_fraction)
+        _check(self.shards >= 1, "shards", "be >= 1", self.shards)
+        _check(all(isinstance(f, str) and f.strip() for f in self.features), "features",
+               "be a list of column names", ",".join(map(str, self.features)))
+        repeated = sorted({f for f in self.features if self.features.count(f) > 1})
+        _check(not repeated, "features", "name each column once", ",".join(repeated))
+
+
+@dataclass
+class NetworkSettings:
+    """The model: its kind, task, shape and the precision it computes in."""
+
+    model: str = setting("softmax", "linear, logistic, softmax, svm or mlp")
+    task: str = setting("", "mlp: classification (default) or regression")
+    hidden: tuple = setting((128,), "mlp hidden widths, e.g. 512,256", applies=_MLP_ONLY)
+    activation: str = setting("relu", "mlp activation: relu or tanh", applies=_MLP_ONLY)
+    num_classes: int = setting(0, "number of classes (default: largest label + 1)",
+                               applies=_CLASS_COUNT)
+    dtype: str = setting("float32", "float32 or float64")
+
+    def validate(self, cfg, world_size):
         _choice(self, "model", MODELS)
         _choice(self, "task", TASKS)
-        _choice(self, "activation", ACTIVATIONS)
+        _choice(self, "activation", HIDDEN_ACTIVATIONS)
+        _choice(self, "dtype", DTYPES)
+        fixed = default_task(self.model)
+        if self.model != "mlp":
+            _check(self.task == fixed, "task", f"be {fixed} for model {self.model}", self.task)
+        _check(self.num_classes >= 0, "num_classes", "be >= 0", self.num_classes)
+        _check(self.num_classes != 1, "num_classes", "be 0 (infer) or >= 2", self.num_classes)
+        if self.model == "mlp":
+            _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
+                   "be a list of positive widths", ",".join(map(str, self.hidden)))
+
+
+@dataclass
+class SolverSettings:
+    """The training algorithm: minibatch gradient descent, its optimizer and schedule."""
+
+    optimizer: str = setting("sgd", "sgd, adam or adamw")
+    lr: float = setting(0.01, "learning rate (the peak, after warm-up)")
+    momentum: float = setting(0.0, "sgd momentum", applies=_SGD_ONLY)
+    nesterov: bool = setting(False, "Nesterov momentum (sgd)", applies=_SGD_ONLY)
+    beta1: float = setting(0.9, "adam beta1", applies=_ADAM_ONLY)
+    beta2: float = setting(0.999, "adam beta2", applies=_ADAM_ONLY)
+    eps: float = setting(1e-8, "adam epsilon", applies=_ADAM_ONLY)
+    weight_decay: float = setting(0.0, "L2 penalty on weights (decoupled for adamw)")
+    l1: float = setting(0.0, "L1 penalty on weights (a proximal step after each update)")
+    schedule: str = setting("constant", "constant, step or cosine")
+    warmup_steps: int = setting(0, "linear warm-up steps")
+    step_epochs: int = setting(10, "step schedule: epochs between decays", applies=_STEP_ONLY)
+    gamma: float = setting(0.1, "step schedule: decay factor", applies=_STEP_ONLY)
+    batch_size: int = setting(64, "GLOBAL batch size, split across ranks")
+    epochs: int = setting(10, "passes over the training data")
+    seed: int = setting(0, "seed for initialisation, shuffling and validation split")
+
+    def validate(self, cfg, world_size):
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "schedule", SCHEDULES)
-        _choice(self, "dtype", DTYPES)
-        _choice(self, "progress", ("auto", "bar", "lines", "none"))
-        if self.model in ("logistic", "softmax", "svm"):
-            _check(self.task == "classification", "task", f"be classification for model {self.model}", self.task)
-        if self.model == "linear":
-            _check(self.task == "regression", "task", "be regression for model linear", self.task)
         _check(self.lr > 0 and math.isfinite(self.lr), "lr", "be > 0", self.lr)
         _check(0 <= self.momentum < 1, "momentum", "be in [0, 1)", self.momentum)
-        _check(not self.nesterov or self.momentum > 0, "nesterov", "come with momentum > 0", self.nesterov)
+        _check(not self.nesterov or self.momentum > 0, "nesterov", "come with momentum > 0",
+               self.nesterov)
         _check(0 <= self.beta1 < 1, "beta1", "be in [0, 1)", self.beta1)
         _check(0 <= self.beta2 < 1, "beta2", "be in [0, 1)", self.beta2)
         _check(self.eps > 0, "eps", "be > 0", self.eps)
@@ -117,36 +145,111 @@ class TrainConfig:
         _check(self.batch_size >= 1, "batch_size", "be >= 1", self.batch_size)
         _check(self.batch_size >= world_size, "batch_size",
                f"be >= the number of ranks ({world_size})", self.batch_size)
-        _check(0 <= self.val_fraction < 1, "val_fraction", "be in [0, 1)", self.val_fraction)
-        _check(not (self.val_fraction and self.val_data), "val_fraction",
-               "not be combined with val_data", self.val_fraction)
-        _check(self.num_classes >= 0, "num_classes", "be >= 0", self.num_classes)
-        _check(self.num_classes != 1, "num_classes", "be 0 (infer) or >= 2", self.num_classes)
-        _check(self.shards >= 1, "shards", "be >= 1", self.shards)
-        _check(self.threads >= 0, "threads", "be >= 0", self.threads)
         _check(0 <= self.seed < 2**63, "seed", "be in [0, 2**63)", self.seed)
+
+
+@dataclass
+class RuntimeSettings:
+    """Where and how the job runs: output, threads, devices, checkpoints and faults."""
+
+    out: str = setting("", "output folder for the model and metrics")
+    threads: int = setting(0, "threads per rank (0: cores / ranks on the node)")
+    progress: str = setting("auto", "auto, bar, lines or none")
+    device: str = setting("auto", "cpu, gpu, or auto (the GPU when CuPy sees one)")
+    gpu_exchange: str = setting("auto", "GPU gradient exchange: auto, nccl, cuda-aware or host")
+    checkpoint_every: str = setting("", "checkpoint every N steps, or every 90s/10m/2h")
+    keep: int = setting(3, "checkpoints to keep (default 3)")
+    resume: str = setting("", "'' fresh; 'latest' or 'auto' in --out; or a checkpoint path")
+    grace: float = setting(60.0, "seconds after SIGTERM/SIGUSR1 to checkpoint before exiting")
+    stall_timeout: float = setting(900.0, "abort when a collective waits longer (0: never)")
+    check_every: int = setting(200, "compare parameter checksums every N steps (0: never)")
+    nonfinite: str = setting("abort", "on a non-finite gradient: abort (default) or skip")
+
+    def validate(self, cfg, world_size):
+        _check(self.out != "", "out", "be given", self.out or "nothing")
+        _choice(self, "progress", PROGRESS)
+        _check(self.threads >= 0, "threads", "be >= 0", self.threads)
         _choice(self, "device", DEVICES)
         _choice(self, "gpu_exchange", GPU_EXCHANGES)
         _choice(self, "nonfinite", NONFINITE)
         parse_interval(self.checkpoint_every)
         _check(self.keep >= 1, "keep", "be >= 1", self.keep)
         _check(self.grace > 0, "grace", "be > 0", self.grace)
-        _check(self.stall_timeout >= 0, "stall_timeout", "be >= 0 (0: no watchdog)", self.stall_timeout)
+        _check(self.stall_timeout >= 0, "stall_timeout", "be >= 0 (0: no watchdog)",
+               self.stall_timeout)
         _check(self.check_every >= 0, "check_every", "be >= 0 (0: never)", self.check_every)
-        _check(all(isinstance(f, str) and f.strip() for f in self.features), "features",
-               "be a list of column names", ",".join(map(str, self.features)))
-        repeated = sorted({f for f in self.features if self.features.count(f) > 1})
-        _check(not repeated, "features", "name each column once", ",".join(repeated))
-        if self.model == "mlp":
-            _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
-                   "be a list of positive widths", ",".join(map(str, self.hidden)))
+
+
+SECTIONS = {"dataset": DatasetSettings, "network": NetworkSettings, "solver": SolverSettings,
+            "runtime": RuntimeSettings}
+# flat name -> (section name, dataclass field)
+FIELDS = {f.name: (section, f) for section, kind in SECTIONS.items() for f in fields(kind)}
+FIELD_TYPES = {name: f.type for name, (_, f) in FIELDS.items()}
+
+
+class TrainConfig:
+    """The settings of one training run, in sections; see the module docstring.
+
+    ``TrainConfig(**values)`` takes flat names; each is also an attribute that reads
+    and writes its section's field.
+    """
+
+    def __init__(self, **values):
+        for section, kind in SECTIONS.items():
+            object.__setattr__(self, section, kind())
+        for name, value in values.items():
+            if name not in FIELDS:
+                raise TypeError(f"TrainConfig got an unknown setting {name!r}")
+            setattr(self, name, value)
+        self.normalize()
+
+    def normalize(self):
+        """Lists given as text become tuples; the task follows the model when unset."""
+        if isinstance(self.hidden, str):
+            self.hidden = parse_int_list(self.hidden, "hidden")
+        self.hidden = tuple(self.hidden)
+        if isinstance(self.features, str):
+            self.features = parse_name_list(self.features)
+        self.features = tuple(self.features)
+        if not self.task:
+            self.task = default_task(self.model)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == "classification"
+
+    def validate(self, *, world_size: int = 1) -> "TrainConfig":
+        """Raise UserError naming the parameter, the rule and the value, or return self."""
+        for section in SECTIONS:
+            getattr(self, section).validate(self, world_size)
         return self
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        d["features"] = list(self.features)
-        return d
+        """Flat, by TOML key, JSON-ready (lists, not tuples)."""
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v
+                for name in FIELDS}
+
+    def __eq__(self, other):
+        return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        changed = {k: v for k, v in self.to_dict().items() if v != _DEFAULTS.get(k)}
+        return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+def _section_property(name: str, section: str) -> property:
+    def get(self):
+        return getattr(getattr(self, section), name)
+
+    def put(self, value):
+        setattr(getattr(self, section), name, value)
+
+    return property(get, put, doc=FIELDS[name][1].metadata["help"])
+
+
+for _name, (_section, _) in FIELDS.items():
+    setattr(TrainConfig, _name, _section_property(_name, _section))
+_DEFAULTS = TrainConfig().to_dict()
 
 
 def _check(ok, name, rule, value):
@@ -154,8 +257,8 @@ def _check(ok, name, rule, value):
         raise UserError(f"The '{name}' parameter of TrainConfig must {rule}. Got {value!r} instead.")
 
 
-def _choice(cfg, name, choices):
-    value = getattr(cfg, name)
+def _choice(section, name, choices):
+    value = getattr(section, name)
     _check(value in choices, name, "be one of " + ", ".join(choices), value)
 
 
@@ -193,9 +296,6 @@ def parse_interval(text: str):
                     f"(500) or a time such as 90s, 10m or 2h. Got {text!r} instead.")
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
-
-
 def load_toml(path: str) -> dict:
     """Read a TOML config into a dict of TrainConfig field names; reject unknown keys."""
     try:
@@ -210,8 +310,8 @@ def load_toml(path: str) -> dict:
     values = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in FIELD_TYPES:
-            raise UserError(f"{path}: unknown key '{key}'. Known keys: {', '.join(sorted(FIELD_TYPES))}")
+        if name not in FIELDS:
+            raise UserError(f"{path}: unknown key '{key}'. Known keys: {', '.join(sorted(FIELDS))}")
         values[name] = value
     return values
 
@@ -219,30 +319,19 @@ def load_toml(path: str) -> dict:
 def build_config(file_values: dict, flag_values: dict) -> TrainConfig:
     """Merge file and flag values (flags win) into a TrainConfig, type-checked."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
-    cfg = TrainConfig()
-    for name, value in merged.items():
-        setattr(cfg, name, _coerce(name, value, getattr(cfg, name)))
-    cfg.task = merged.get("task", "")
-    cfg.__post_init__()
-    return cfg
+    return TrainConfig(**{name: _coerce(name, value, _DEFAULTS[name])
+                          for name, value in merged.items()})
 
 
 def ignored_settings(cfg: TrainConfig, given) -> list:
-    """Settings the user gave that this configuration does not use, as messages."""
-    rules = [
-        (("hidden", "activation"), cfg.model != "mlp", f"model {cfg.model} has no hidden layers"),
-        (("momentum", "nesterov"), cfg.optimizer != "sgd", f"they apply to sgd, not {cfg.optimizer}"),
-        (("beta1", "beta2", "eps"), cfg.optimizer == "sgd", "they apply to adam and adamw"),
-        (("step_epochs", "gamma"), cfg.schedule != "step", "they apply to the step schedule"),
-        (("num_classes",), cfg.model in ("logistic", "svm") or not cfg.is_classifier,
-         "the number of classes is fixed by the model"),
-    ]
-    notes = []
-    for names, unused, why in rules:
-        hit = [n for n in names if n in given]
-        if hit and unused:
-            notes.append(f"{', '.join(hit)} ignored: {why}")
-    return notes
+    """Settings the user gave that this configuration does not use, as one message per
+    reason, naming them."""
+    reasons = {}
+    for name in FIELDS:
+        applies = FIELDS[name][1].metadata["applies"]
+        if name in given and applies is not None and not applies[0](cfg):
+            reasons.setdefault(applies[1](cfg), []).append(name)
+    return [f"{', '.join(names)} ignored: {why}" for why, names in reasons.items()]
 
 
 def _coerce(name, value, default):

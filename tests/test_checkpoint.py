@@ -17,9 +17,10 @@ import time
 import numpy as np
 import pytest
 
-from mpi_dml.engine.checkpoint import (CheckpointState, check_compatible, latest_checkpoint,
-                                list_checkpoints, load_checkpoint, model_description,
-                                resolve_resume, save_checkpoint)
+from mpi_dml.engine.checkpoint import (CheckpointState, load_checkpoint, model_description,
+                                       save_checkpoint)
+from mpi_dml.engine.checkpoint_folder import latest_checkpoint, list_checkpoints, resolve_resume
+from mpi_dml.engine.compatibility import check_compatible
 from mpi_dml.config import TrainConfig
 from mpi_dml.errors import UserError
 from mpi_dml.models import build_model
@@ -239,7 +240,7 @@ def line(folder, steps) -> dict:
 
 
 def test_resuming_from_an_older_checkpoint_moves_the_later_ones_aside(tmp_path):
-    from mpi_dml.engine.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint_folder import set_aside_for_resume
     run = tmp_path / "run"
     before = line(run / "checkpoints", (12, 24, 36, 48))
     resumed = run / "checkpoints" / ckpt_name(24)
@@ -255,7 +256,7 @@ def test_resuming_from_an_older_checkpoint_moves_the_later_ones_aside(tmp_path):
 
 
 def test_resuming_from_another_folder_moves_this_folders_checkpoints_aside(tmp_path):
-    from mpi_dml.engine.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint_folder import set_aside_for_resume
     other = line(tmp_path / "other" / "checkpoints", (5, 10))
     line(tmp_path / "run" / "checkpoints", (12, 24))
     resumed = tmp_path / "run" / "checkpoints" / ckpt_name(24)
@@ -268,7 +269,7 @@ def test_resuming_from_another_folder_moves_this_folders_checkpoints_aside(tmp_p
 
 
 def test_nothing_to_set_aside_moves_nothing(tmp_path):
-    from mpi_dml.engine.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint_folder import set_aside_for_resume
     run = tmp_path / "run"
     before = line(run / "checkpoints", (12, 24))
     newest = run / "checkpoints" / ckpt_name(24)
@@ -286,7 +287,7 @@ def test_nothing_to_set_aside_moves_nothing(tmp_path):
 
 
 def test_two_set_asides_in_one_second_get_their_own_folders(tmp_path):
-    from mpi_dml.engine.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint_folder import set_aside_for_resume
     run = tmp_path / "run"
     folder = run / "checkpoints"
     line(folder, (12, 24, 36))
@@ -320,7 +321,7 @@ def read_only(folder):
 
 
 def test_a_failed_set_aside_is_one_user_error_and_moves_nothing(tmp_path):
-    from mpi_dml.engine.checkpoint import set_aside_for_resume
+    from mpi_dml.engine.checkpoint_folder import set_aside_for_resume
     run = tmp_path / "run"
     folder = run / "checkpoints"
     before = line(folder, (12, 24, 36))
@@ -341,7 +342,7 @@ def test_a_failed_move_at_rotation_deletes_nothing(tmp_path):
     # once the folder is made read-only: write it elsewhere and link it in first.
     save_checkpoint(tmp_path / "d", state, keep=3)
     os.link(tmp_path / "d" / ckpt_name(150), tmp_path / "c" / ckpt_name(150))
-    from mpi_dml.engine.checkpoint import _rotate
+    from mpi_dml.engine.checkpoint_folder import rotate as _rotate
     with read_only(tmp_path / "c"):
         with pytest.raises(UserError, match="writable"):
             _rotate(tmp_path / "c", tmp_path / "c" / ckpt_name(150), 3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli, run_mpi
-from mpi_dml.engine.checkpoint import list_checkpoints
+from mpi_dml.engine.checkpoint_folder import list_checkpoints
 from test_checkpoint import read_only
 from test_train_mpi import max_relative_difference, tensors
 

@@ -7,7 +7,8 @@ import pytest
 
 from mpi_dml.data import formats as sources
 from mpi_dml.parallel.comm import Comm
-from mpi_dml.data.dataset import choose_columns, negligible_spread, standardization
+from mpi_dml.data.columns import choose_columns
+from mpi_dml.data.standardize import negligible_spread, standardization
 from mpi_dml.errors import UserError
 
 

@@ -9,7 +9,7 @@ from mpi_dml import kernels
 from mpi_dml.parallel.comm import Comm
 from mpi_dml.config import build_config
 from mpi_dml.errors import UserError
-from mpi_dml.engine.evaluation import split_metrics
+from mpi_dml.engine.metrics import split_metrics
 from mpi_dml.io.model_files import load_model, save_model
 from mpi_dml.models import build_model
 

@@ -22,18 +22,19 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import ROOT, mpi_env, run_cli, run_mpi
-from mpi_dml.devices import gpu
+from mpi_dml.devices import gpu, gpu_device
+from mpi_dml.devices.arrays import array_module
 from mpi_dml import kernels
 from mpi_dml.parallel.comm import Comm, mpi_library_version
 from mpi_dml.config import TrainConfig
 from mpi_dml.devices.cuda_aware_mpi import libmpi_paths, mpi_cuda_support
 from mpi_dml.errors import AgreedError, UserError
-from mpi_dml.engine.evaluation import split_metrics
+from mpi_dml.engine.metrics import split_metrics
 from mpi_dml.devices.gpu import unavailable_reason
 from mpi_dml.devices.gpu_exchange import (CUDA_AWARE_ENV, bind_index, choose_exchange, combine_support,
                                   cuda_mpi_support, shared_gpus, sharing_note, sharing_warning)
 from mpi_dml.models import build_model, labels_for_loss
-from mpi_dml.algorithms.optim import Optimizer
+from mpi_dml.algorithms.optimizers import Optimizer
 
 GPU_REASON = unavailable_reason()
 needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"needs a CUDA GPU: {GPU_REASON}")
@@ -198,8 +199,8 @@ def test_unavailable_with_cupy_but_zero_gpus_says_so(monkeypatch):
 
 
 def test_array_module_is_numpy_for_host_arrays():
-    assert gpu.array_module(np.zeros(3)) is np
-    assert gpu.array_module([1, 2]) is np
+    assert array_module(np.zeros(3)) is np
+    assert array_module([1, 2]) is np
 
 
 # --- a stand-in CuPy: "device" arrays are NumPy arrays ----------------------------------------
@@ -295,7 +296,7 @@ def fake_gpu(monkeypatch):
     fake = fake_cupy_module()
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setitem(sys.modules, "cupy.cuda", None)  # no real CuPy parts (NCCL) either
-    monkeypatch.setattr(gpu, "_cuda_kernels", lambda dtype, index: kernels.get("reference"))
+    monkeypatch.setattr(gpu_device, "_cuda_kernels", lambda dtype, index: kernels.get("reference"))
     return fake
 
 
@@ -313,7 +314,7 @@ class _Plan:
 
 
 def test_device_batches_are_the_plans_rows_in_pinned_slots(fake_gpu, comm):
-    dev = gpu.GpuDevice(comm, np.float64)
+    dev = gpu_device.GpuDevice(comm, np.float64)
     assert dev.kind == "gpu" and dev.xp is fake_gpu
     assert dev.describe() == {"device": "gpu", "gpu": "Stand-in GPU (device 0 of 1 visible)",
                               "exchange": "none", "why": "one rank: no gradients to exchange"}
@@ -339,7 +340,7 @@ def test_device_batches_are_the_plans_rows_in_pinned_slots(fake_gpu, comm):
 
 
 def test_device_batches_survive_abandoned_epochs_and_report_errors(fake_gpu, comm):
-    dev = gpu.GpuDevice(comm, np.float32)
+    dev = gpu_device.GpuDevice(comm, np.float32)
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(30, 2)).astype(np.float32), rng.integers(0, 2, 30)
     plan = _Plan([rng.choice(30, 6, replace=False) for _ in range(5)])
@@ -355,7 +356,7 @@ def test_device_batches_survive_abandoned_epochs_and_report_errors(fake_gpu, com
 
 
 def test_device_host_exchange_and_arrays(fake_gpu, comm):
-    dev = gpu.GpuDevice(comm, np.float32, exchange="host")
+    dev = gpu_device.GpuDevice(comm, np.float32, exchange="host")
     assert dev.exchange == "host"
     buf = dev.from_host(np.arange(6, dtype=np.float32))
     assert isinstance(buf, FakeArray)
@@ -374,12 +375,12 @@ def test_device_host_exchange_and_arrays(fake_gpu, comm):
 
 def test_forcing_an_unavailable_exchange_fails_with_one_message(fake_gpu, comm):
     with pytest.raises(AgreedError, match="--gpu-exchange nccl: NCCL cannot be used"):
-        gpu.GpuDevice(comm, np.float32, exchange="nccl")
+        gpu_device.GpuDevice(comm, np.float32, exchange="nccl")
 
 
 def test_the_cuda_aware_path_is_tested_before_it_is_used(fake_gpu, comm, monkeypatch):
     monkeypatch.setenv(CUDA_AWARE_ENV, "1")
-    dev = gpu.GpuDevice(comm, np.float64, exchange="cuda-aware")
+    dev = gpu_device.GpuDevice(comm, np.float64, exchange="cuda-aware")
     assert dev.exchange == "cuda-aware"
     assert dev.why.endswith("a test Allreduce on GPU memory gave the right sum")
     buf = dev.from_host(np.ones(5))
@@ -391,8 +392,8 @@ def test_a_failed_cuda_aware_test_stops_if_forced_else_falls_back(fake_gpu, comm
     monkeypatch.setattr(Comm, "allreduce_", _broken_allreduce)  # an MPI that gets it wrong
     with pytest.raises(AgreedError, match="^--gpu-exchange cuda-aware: a test Allreduce on GPU "
                                           "memory failed on rank 0: it gave -1.0 instead of 1"):
-        gpu.GpuDevice(comm, np.float64, exchange="cuda-aware")
-    dev = gpu.GpuDevice(comm, np.float64, exchange="host")
+        gpu_device.GpuDevice(comm, np.float64, exchange="cuda-aware")
+    dev = gpu_device.GpuDevice(comm, np.float64, exchange="host")
     dev.exchange, dev.why = "cuda-aware", "the library says it is"  # as auto would choose
     dev._confirm_cuda_aware(forced=False)
     assert dev.exchange == "host"
@@ -618,7 +619,7 @@ def test_gpu_trained_model_evaluates_and_predicts_on_the_cpu(digits, tmp_path):
 def test_real_gpu_device_batches_exchange_and_kernels(comm):
     import cupy
 
-    dev = gpu.GpuDevice(comm, np.float64, exchange="host")
+    dev = gpu_device.GpuDevice(comm, np.float64, exchange="host")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(300, 7)), rng.integers(0, 4, 300)
     plan = _Plan([rng.choice(300, n, replace=False) for n in (64, 64, 0, 31, 64)])
@@ -648,7 +649,7 @@ def test_nccl_exchange_on_one_rank(comm):
     ok, why = gpu._nccl_status()
     if not ok:
         pytest.skip(why)
-    dev = gpu.GpuDevice(comm, np.float32, exchange="nccl")
+    dev = gpu_device.GpuDevice(comm, np.float32, exchange="nccl")
     buf = dev.from_host(np.arange(5, dtype=np.float32))
     np.testing.assert_array_equal(dev.to_host(dev.allreduce_(buf)), np.arange(5) * comm.size)
     dev.close()

@@ -5,7 +5,8 @@ import pytest
 
 from mpi_dml import kernels
 from mpi_dml.config import TrainConfig
-from mpi_dml.algorithms.optim import Optimizer, learning_rate
+from mpi_dml.algorithms.optimizers import Optimizer
+from mpi_dml.algorithms.schedules import learning_rate
 
 COMMON = dict(lr=0.1, total_steps=100, steps_per_epoch=10)
 

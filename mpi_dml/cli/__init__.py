@@ -18,68 +18,14 @@ import os
 import sys
 
 from ..errors import EXIT_USER_ERROR, AgreedError, Preempted, UserError
-
-# Flag -> (type, help). Names match TrainConfig fields and TOML keys.
-TRAIN_FLAGS = {
-    "data": (str, "training data: CSV with a header row, .npy or .npz"),
-    "val-data": (str, "held-out data in the same format"),
-    "val-fraction": (float, "hold out this fraction of --data for validation"),
-    "label-column": (str, "name of the label column"),
-    "features": (str, "feature columns by name, e.g. age,income (default: every column but "
-                      "the label; for .npz, the columns of X)"),
-    "model": (str, "linear, logistic, softmax, svm or mlp"),
-    "task": (str, "mlp: classification (default) or regression"),
-    "hidden": (str, "mlp hidden widths, e.g. 512,256"),
-    "activation": (str, "mlp activation: relu or tanh"),
-    "num-classes": (int, "number of classes (default: largest label + 1)"),
-    "optimizer": (str, "sgd, adam or adamw"),
-    "lr": (float, "learning rate"),
-    "momentum": (float, "sgd momentum"),
-    "beta1": (float, "adam beta1"),
-    "beta2": (float, "adam beta2"),
-    "eps": (float, "adam epsilon"),
-    "weight-decay": (float, "L2 penalty on weights (decoupled for adamw)"),
-    "l1": (float, "L1 penalty on weights"),
-    "schedule": (str, "constant, step or cosine"),
-    "warmup-steps": (int, "linear warm-up steps"),
-    "step-epochs": (int, "step schedule: epochs between decays"),
-    "gamma": (float, "step schedule: decay factor"),
-    "batch-size": (int, "GLOBAL batch size, split across ranks"),
-    "epochs": (int, "passes over the training data"),
-    "seed": (int, "seed for initialisation, shuffling and validation split"),
-    "dtype": (str, "float32 or float64"),
-    "shards": (int, "virtual shards (fixes batches independently of rank count)"),
-    "threads": (int, "threads per rank (0: cores / ranks on the node)"),
-    "progress": (str, "auto, bar, lines or none"),
-    "out": (str, "output folder for the model and metrics"),
-    "device": (str, "cpu, gpu, or auto (the GPU when CuPy sees one)"),
-    "gpu-exchange": (str, "GPU gradient exchange: auto, nccl, cuda-aware or host"),
-    "checkpoint-every": (str, "checkpoint every N steps, or every 90s/10m/2h"),
-    "keep": (int, "checkpoints to keep (default 3)"),
-    "grace": (float, "seconds after SIGTERM/SIGUSR1 to checkpoint before exiting anyway"),
-    "stall-timeout": (float, "abort when a collective waits longer than this (0: never)"),
-    "check-every": (int, "compare parameter checksums across ranks every N steps (0: never)"),
-    "nonfinite": (str, "on a non-finite gradient: abort (default) or skip the step"),
-}
-BOOL_FLAGS = {"standardize": "scale features to zero mean and unit variance",
-              "nesterov": "Nesterov momentum (sgd)"}
+from .train import add_arguments as add_train_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _RootParser(prog="python -m mpi_dml", description="Data-parallel training with MPI.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_RootParser)
 
-    train = sub.add_parser("train", help="train a model")
-    train.add_argument("--config", help="TOML file with the same keys as the flags")
-    for name, (kind, text) in TRAIN_FLAGS.items():
-        train.add_argument(f"--{name}", type=kind, default=None, help=text)
-    for name, text in BOOL_FLAGS.items():
-        train.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
-                           help=text)
-    train.add_argument("--resume", nargs="?", const="latest", default=None,
-                       metavar="auto|latest|PATH",
-                       help="continue from a checkpoint: alone or 'latest', the newest in --out; "
-                            "'auto', that one if there is one, else start fresh; or a file")
+    add_train_arguments(sub.add_parser("train", help="train a model"))
 
     ev = sub.add_parser("evaluate", help="print metrics of a saved model as JSON")
     ev.add_argument("--model", required=True, help="folder written by train")
@@ -190,39 +136,18 @@ def _run(args, comm) -> int:
         info_command(comm)
         return 0
     if args.command == "train":
-        from ..engine.trainer import Trainer
-        from ..parallel.preemption import ignore_stop_signals
-        cfg, notes = comm.agreed(_train_config, args)
-        if comm.is_root:
-            for note in notes:
-                print(f"mpi_dml: note: {note}", file=sys.stderr)
-        try:
-            Trainer(cfg, comm=comm).fit()
-        finally:
-            # Finished, stopped or failed with a message: a stop signal now (Slurm's
-            # --signal firing late) must not change the exit status on the way out.
-            ignore_stop_signals()
+        from .train import train_command
+        train_command(args, comm)
         return 0
-    from ..engine.evaluation import evaluate_command, predict_command
     from ..kernels import get
     from ..parallel.threads import apply_threads, threads_per_rank
+    from .evaluate import evaluate_command, predict_command
     apply_threads(threads_per_rank(0, comm.ranks_sharing_cpus))
     if args.command == "evaluate":
         evaluate_command(args, comm, get("cpu"))
     else:
         predict_command(args, comm, get("cpu"))
     return 0
-
-
-def _train_config(args):
-    from ..config import build_config, ignored_settings, load_toml
-
-    file_values = load_toml(args.config) if args.config else {}
-    flags = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
-             for name in [*TRAIN_FLAGS, *BOOL_FLAGS, "resume"]}
-    cfg = build_config(file_values, flags)
-    given = set(file_values) | {k for k, v in flags.items() if v is not None}
-    return cfg, ignored_settings(cfg, given)
 
 
 if __name__ == "__main__":

@@ -13,53 +13,28 @@ temporary name (``.ckpt-*.tmp``, which the listing ignores), fsynced, renamed ov
 final name, and the folder is fsynced so the rename itself is on disk. Only then are
 older checkpoints removed. At every instant the newest visible ``ckpt-*`` file is whole.
 
-Nothing with a later step than the one being continued is ever deleted: such checkpoints
-belong to a line of training that a resume from an earlier point abandoned, and they
-cost hours to remake. They are moved into a subfolder named for what it holds and when,
-``superseded-after-step-36-20261130T101500Z/`` (or ``superseded-other-run-<time>/`` for
-checkpoints of a run that a resume from another folder replaces), which the listing
-does not enter, so ``--resume latest`` continues the resumed run. Rotation deletes only
-older checkpoints beyond ``--keep``. A fresh start (no ``--resume``) refuses a folder
-that already holds checkpoints: they are another run's, and a crash before the first
-checkpoint of the new run would otherwise leave ``--resume auto`` continuing theirs.
-
-    $ python -m mpi_dml train --config c.toml --out runs/a --checkpoint-every 12
-    $ python -m mpi_dml train --config c.toml --out runs/a \
-          --resume runs/a/checkpoints/ckpt-000000036.safetensors   # moves 48, 60, ... aside
+Where checkpoints live, how they rotate and what ``--resume`` means is
+``checkpoint_folder``; whether one may continue under a new configuration is
+``compatibility``.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import math
-import os
-import re
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
 from ..errors import UserError
-from ..io.model_files import atomic_write
+from ..io.atomic import atomic_write, fsync_dir
+from .checkpoint_folder import print_note, rotate
 
 FORMAT = "mpi_dml.checkpoint"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"ckpt-(\d{9,})\.safetensors")
 # safetensors refuses headers above 100 MB; a bigger length means another kind of file.
 _MAX_HEADER = 100_000_000
-# These settings fix which rows form each batch and in what order; resuming under
-# other values would silently train on a different sequence than the one started.
-_DEFAULTS = TrainConfig().to_dict()
-_BATCH_SETTINGS = ("batch_size", "shards", "seed", "val_fraction", "standardize")
-# Settings that may differ freely between a run and its resumption, without a note.
-_RUN_SETTINGS = ("resume", "out", "progress", "threads", "device", "gpu_exchange",
-                 "checkpoint_every", "keep", "grace", "stall_timeout", "check_every",
-                 "nonfinite")
 
 
 @dataclass
@@ -83,11 +58,6 @@ def model_description(model, dtype) -> dict:
     """The ``model`` entry of a checkpoint for an ``mpi_dml.models.Model``."""
     return {"kind": model.kind, "loss": model.loss, "dtype": np.dtype(dtype).name,
             "layers": [[l.n_in, l.n_out, l.activation] for l in model.layers]}
-
-
-# --- writing ------------------------------------------------------------------------
-def print_note(message: str):
-    print(f"mpi_dml: note: {message}", file=sys.stderr)
 
 
 def save_checkpoint(folder, state: CheckpointState, *, keep: int, note=print_note) -> Path:
@@ -115,8 +85,8 @@ def save_checkpoint(folder, state: CheckpointState, *, keep: int, note=print_not
     meta = {FORMAT: text, FORMAT + ".sha256": hashlib.sha256(text.encode()).hexdigest()}
     path = folder / f"ckpt-{int(state.step):09d}.safetensors"
     atomic_write(path, save(tensors, metadata=meta))
-    _fsync_dir(folder)
-    _rotate(folder, path, keep, note)
+    fsync_dir(folder)
+    rotate(folder, path, keep, note)
     return path
 
 
@@ -160,185 +130,6 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _fsync_dir(folder: Path):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some file systems cannot sync a directory; their renames are as durable as
-        # they get, so carry on rather than fail the run.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _rotate(folder: Path, written: Path, keep: int, note=print_note):
-    step = _step_of(written)
-    found = list_checkpoints(folder)
-    # A checkpoint with a later step than the one just written is from a line that was
-    # resumed from an earlier point: left in place, "latest" would undo that resume.
-    # Resuming moves them aside first; one found here (a file copied in) gets the same.
-    later = [p for p in found if _step_of(p) > step]
-    if later:
-        note(_moved_note(_move_aside(folder, later, f"superseded-after-step-{step}"),
-                         later, f"after step {step}", f"this run has just written step "
-                         f"{step}, so they are not on its line"))
-    older = [p for p in found if _step_of(p) < step]
-    for p in older[:max(len(older) - (keep - 1), 0)]:
-        p.unlink(missing_ok=True)
-    # Temporary files of a writer killed mid-write; anything older than our own write
-    # cannot belong to a writer still running.
-    written_ns = written.stat().st_mtime_ns
-    for p in folder.glob(".ckpt-*.tmp"):
-        try:
-            if p.stat().st_mtime_ns < written_ns:
-                p.unlink()
-        except FileNotFoundError:
-            pass
-
-
-# --- moving another line's checkpoints aside -----------------------------------------
-def set_aside_for_resume(out, resumed_from, step: int) -> str | None:
-    """Rank 0, once a resume from ``resumed_from`` (at ``step``) is accepted and before
-    it trains: move the checkpoints in ``OUT/checkpoints`` that are not on its line into
-    a subfolder, so "latest" continues this run and rotation deletes none of them.
-
-    Not on its line: those with a later step when ``resumed_from`` is in that folder;
-    all of them when it is elsewhere (another run's, or an abandoned attempt of this
-    one). Returns the note that says where they went, or None when nothing moved.
-    """
-    folder = Path(out) / "checkpoints"
-    found = list_checkpoints(folder)
-    if not found:
-        return None
-    resumed_from = Path(resumed_from)
-    if _same_folder(resumed_from.parent, folder):
-        later = [p for p in found if _step_of(p) > step]
-        if not later:
-            return None
-        dest = _move_aside(folder, later, f"superseded-after-step-{step}")
-        return _moved_note(dest, later, f"after step {step}",
-                           f"this run continues from {resumed_from.name}; to go back to "
-                           f"that line, pass one of them to --resume")
-    dest = _move_aside(folder, found, "superseded-other-run")
-    return _moved_note(dest, found, "of another run (or of an abandoned attempt)",
-                       f"this run resumes from {resumed_from}, in another folder, and "
-                       f"writes its own checkpoints here")
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _move_aside(folder: Path, paths: list, prefix: str) -> Path:
-    """Move ``paths`` into a new subfolder ``PREFIX-<UTC time>`` of ``folder``.
-
-    A rename within one folder's file system: no copy, nothing half-moved on a kill but
-    the files not yet renamed, which stay visible where they were.
-    """
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = None
-    try:
-        dest = _new_folder(folder, f"{prefix}-{stamp}")
-        for p in paths:
-            os.rename(p, dest / p.name)
-        _fsync_dir(dest)
-        _fsync_dir(folder)
-    except OSError as exc:
-        if dest is not None:
-            with contextlib.suppress(OSError):
-                dest.rmdir()  # only if nothing reached it
-        span = _span(paths)
-        raise UserError(f"Cannot move {span} in {folder} aside into a '{prefix}-...' "
-                        f"subfolder ({exc.strerror or exc}), and they must not be deleted: "
-                        f"make {folder} writable, or move them out of it yourself, then "
-                        f"run again") from None
-    return dest
-
-
-def _new_folder(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``name-2``, ``-3``, ... when a set-aside in the same second
-    already took it."""
-    for n in range(1, 1000):
-        dest = folder / (name if n == 1 else f"{name}-{n}")
-        try:
-            dest.mkdir()
-            return dest
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, f"{name}-1 to -999 all exist", str(folder / name))
-
-
-def _span(paths: list) -> str:
-    if len(paths) == 1:
-        return f"checkpoint {paths[0].name}"
-    return f"{len(paths)} checkpoints ({paths[0].name} to {paths[-1].name})"
-
-
-def _moved_note(dest: Path, paths: list, which: str, why: str) -> str:
-    kept = "it is" if len(paths) == 1 else "they are"
-    return (f"moved {_span(paths)} {which} into {dest}/, where {kept} kept but never "
-            f"taken as the latest: {why}")
-
-
-# --- finding ------------------------------------------------------------------------
-def _step_of(path: Path) -> int:
-    return int(_NAME.fullmatch(path.name).group(1))
-
-
-def list_checkpoints(folder) -> list[Path]:
-    """Checkpoint files in ``folder``, oldest first by step; temporary files and
-    subfolders (checkpoints moved aside) excluded."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if _NAME.fullmatch(p.name) and p.is_file()]
-    return sorted(found, key=lambda p: (_step_of(p), p.name))
-
-
-def latest_checkpoint(folder) -> Path | None:
-    found = list_checkpoints(folder)
-    return found[-1] if found else None
-
-
-def resolve_resume(resume: str, out: str) -> Path | None:
-    """The checkpoint ``--resume`` names, or None for a fresh start.
-
-    "" starts fresh and refuses an OUT/checkpoints that holds checkpoints; "latest"
-    takes the newest there and must find one; "auto" takes it if there is one; anything
-    else is a checkpoint file, a run folder holding ``checkpoints/``, or a checkpoints
-    folder (its newest is used).
-    """
-    if resume == "":
-        found = latest_checkpoint(Path(out) / "checkpoints")
-        if found is not None:
-            raise UserError(f"--out {out} already holds checkpoints of an earlier run "
-                            f"(newest: {found}): pass --resume to continue that run, or "
-                            f"choose another --out for a new one")
-        return None
-    if resume in ("latest", "auto"):
-        folder = Path(out) / "checkpoints"
-        found = latest_checkpoint(folder)
-        if found is None and resume == "latest":
-            raise UserError(f"--resume latest: no checkpoint in {folder} to resume from. "
-                            f"Use --resume auto to start fresh when there is none.")
-        return found
-    path = Path(resume)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise UserError(f"--resume {resume}: no such checkpoint file or folder")
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = latest_checkpoint(folder)
-    if found is None:
-        raise UserError(f"--resume {resume}: no checkpoint (ckpt-*.safetensors) in {folder}")
-    return found
 
 
 # --- reading ------------------------------------------------------------------------
@@ -447,87 +238,3 @@ def _state(info: dict, tensors: dict) -> CheckpointState:
                            config=dict(info["config"]), model=dict(info["model"]),
                            data=dict(info["data"]), **counters)
 
-
-# --- resuming under a new configuration ---------------------------------------------
-def check_compatible(state: CheckpointState, cfg, model_desc: dict, data_desc: dict,
-                     path) -> list[str]:
-    """Refuse a resume that cannot continue the same training; list harmless changes.
-
-    Raises one UserError for the first setting that would change the model, the
-    optimizer state's meaning, the data, or the sequence of batches. Returns notes such
-    as "lr changed from 0.01 to 0.02 since the checkpoint" for everything else.
-    """
-    old_m, old_d, old_c = state.model, state.data, state.config
-    new_c = cfg.to_dict()
-
-    def refuse(what_old, what_new, hint):
-        raise UserError(f"Checkpoint {path} was written {what_old}; this run {what_new} ({hint})")
-
-    if old_m["kind"] != model_desc["kind"]:
-        refuse(f"for model {old_m['kind']}", f"builds {model_desc['kind']}", "other --model?")
-    if old_m["loss"] != model_desc["loss"]:
-        refuse(f"for a model with {old_m['loss']} loss", f"uses {model_desc['loss']} loss",
-               "other --task?")
-    old_w, new_w = _widths(old_m["layers"]), _widths(model_desc["layers"])
-    if old_w != new_w:
-        refuse(f"for a model with layers {'-'.join(map(str, old_w))}",
-               f"builds {'-'.join(map(str, new_w))}", _layer_hint(old_w, new_w))
-    old_a = [l[2] for l in old_m["layers"]]
-    new_a = [l[2] for l in model_desc["layers"]]
-    if old_a != new_a:
-        refuse(f"with activations {', '.join(old_a)}", f"uses {', '.join(new_a)}",
-               "other --activation?")
-    if old_m["dtype"] != model_desc["dtype"]:
-        refuse(f"in {old_m['dtype']}", f"uses {model_desc['dtype']}", "other --dtype?")
-    if old_c.get("optimizer") != new_c["optimizer"]:
-        refuse(f"with optimizer {old_c.get('optimizer')}", f"uses {new_c['optimizer']}",
-               "its state means something else to another optimizer: other --optimizer?")
-    for key, what in (("n_features", "features"), ("n_classes", "classes"),
-                      ("n_train", "training rows"), ("n_val", "validation rows")):
-        if old_d.get(key) != data_desc.get(key):
-            refuse(f"for data with {old_d.get(key)} {what}",
-                   f"has {data_desc.get(key)}", "other --data or --val-data?")
-    batch_hint = ("it fixes the sequence of batches: keep the old value, or start a new "
-                  "run in another --out")
-    for key in _BATCH_SETTINGS:
-        if old_c.get(key) != new_c[key]:
-            refuse(f"with {key} {_show(old_c.get(key))}", f"has {_show(new_c[key])}", batch_hint)
-    if bool(old_c.get("val_data")) != bool(new_c["val_data"]):
-        refuse("with" + ("" if old_c.get("val_data") else "out") + " --val-data",
-               "has" + ("" if new_c["val_data"] else " none"), batch_hint)
-    if state.epoch >= new_c["epochs"]:
-        raise UserError(f"Checkpoint {path} is in epoch {state.epoch + 1}, past --epochs "
-                        f"{new_c['epochs']}: raise --epochs to at least {state.epoch + 1}, "
-                        f"or resume from an earlier checkpoint")
-    notes = []
-    if old_d.get("feature_names") != data_desc.get("feature_names"):
-        notes.append("feature names differ from the checkpoint's (same count): is this the same data?")
-    for key, value in new_c.items():
-        if key in _RUN_SETTINGS:
-            continue  # how this run is carried out, not what it computes
-        if key not in old_c:
-            # A setting newer than the checkpoint, at its default, changes nothing.
-            if value != _DEFAULTS.get(key):
-                notes.append(f"{key} is {_show(value)} (not recorded in the checkpoint)")
-        elif old_c[key] != value:
-            notes.append(f"{key} changed from {_show(old_c[key])} to {_show(value)} since the checkpoint")
-    return notes
-
-
-def _widths(layers) -> list[int]:
-    return [int(layers[0][0])] + [int(l[1]) for l in layers]
-
-
-def _layer_hint(old: list, new: list) -> str:
-    flags = []
-    if old[0] != new[0] or old[-1] != new[-1]:
-        flags.append("--data")
-    if old[1:-1] != new[1:-1]:
-        flags.append("--hidden")
-    if old[-1] != new[-1]:
-        flags.append("--num-classes")
-    return "other " + " or ".join(flags) + "?"
-
-
-def _show(value) -> str:
-    return repr(value) if isinstance(value, str) else str(value)

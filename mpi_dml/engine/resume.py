@@ -21,16 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .checkpoint import (
-    CheckpointState,
-    check_compatible,
-    load_checkpoint,
-    model_description,
-    print_note,
-    resolve_resume,
-    save_checkpoint,
-    set_aside_for_resume,
-)
+from .checkpoint import CheckpointState, load_checkpoint, model_description, save_checkpoint
+from .checkpoint_folder import print_note, resolve_resume, set_aside_for_resume
+from .compatibility import check_compatible
 
 
 class Resumed:

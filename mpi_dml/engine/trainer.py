@@ -22,13 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..algorithms.optim import Optimizer, learning_rate
+from ..algorithms.optimizers import Optimizer
+from ..algorithms.schedules import learning_rate
 from ..config import parse_interval
 from ..data import sharding
-from ..data.dataset import load_training, standardization
-from ..devices.device import select_device
+from ..data.standardize import scaled, standardization
+from ..data.training import load_training
+from ..devices import select_device
 from ..errors import AgreedError, Preempted, TrainingFailed, UserError
-from ..io.model_files import atomic_write, save_model
+from ..io.atomic import atomic_write
+from ..io.model_files import save_model
 from ..models import build_model, labels_for_loss
 from ..parallel import consistency
 from ..parallel.comm import mpi_library
@@ -36,8 +39,9 @@ from ..parallel.preemption import StopRequest, root_link
 from ..parallel.threads import apply_threads, threads_per_rank
 from ..parallel.watchdog import Watchdog
 from . import resume
-from .checkpoint import CheckpointState, model_description, resolve_resume
-from .evaluation import finite_or_null, prepare, split_metrics
+from .checkpoint import CheckpointState, model_description
+from .checkpoint_folder import resolve_resume
+from .metrics import finite_or_null, split_metrics
 from .progress import Progress
 
 # Trailing slots of the gradient buffer that ride along in its Allreduce, so the ranks
@@ -124,7 +128,7 @@ class Trainer:
             comm.bcast_(host, what="initial parameters")  # rank 0's, bit for bit
             self.params[...] = dev.from_host(host)
             self.scale = standardization(data.train.x, comm) if cfg.standardize else None
-        self.x = prepare(data.train.x, dtype, self.scale)
+        self.x = scaled(data.train.x, dtype, self.scale)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
         self.y = labels_for_loss(model, data.train.y, dtype)
 

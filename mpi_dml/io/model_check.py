@@ -16,10 +16,9 @@ import re
 
 import numpy as np
 
-from ..config import ACTIVATIONS as HIDDEN_ACTIVATIONS
-from ..config import DTYPES, MODELS, TASKS
+from ..config import DTYPES
 from ..errors import UserError
-from ..models import LOSSES, Layer, Model, build_model
+from ..models import HIDDEN_ACTIVATIONS, LOSSES, MODELS, TASKS, Layer, Model, build_model
 
 FORMAT = "mpi_dml.model"
 FORMAT_VERSION = 1

@@ -11,50 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from ..models import Model
+from .atomic import atomic_write
 from .model_check import FORMAT, FORMAT_VERSION, check_description, check_tensors
-
-
-@contextmanager
-def atomic_writer(path, mode: str = "wb"):
-    """A file handle whose contents appear at ``path`` only if the block succeeds.
-
-    Data goes to a temporary file beside ``path``, is flushed to disk, then renamed
-    over ``path``: a reader sees the whole old file or the whole new one, never part.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp makes the file private (0600); give it the permissions a plain open()
-    # would, so colleagues on a shared cluster can read the model.
-    os.fchmod(fd, 0o666 & ~_umask())
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, data: bytes):
-    with atomic_writer(path) as fh:
-        fh.write(data)
 
 
 def save_model(out_dir, model: Model, params: np.ndarray, meta: dict, standardize=None):

@@ -1,200 +1,69 @@
-"""Models as a stack of dense layers whose parameters live in one flat buffer.
+"""The models the engine trains: dense layers over one flat buffer, then a loss.
 
-Every model here (linear, logistic, softmax, SVM, MLP) is dense layers followed by a
-loss. Parameters and gradients are views into one contiguous buffer each, so one
-Allreduce moves every gradient. The buffer holds the layers in *reverse* order (last
-layer first): backward produces the last layer's gradient first, so the finished part
-of the gradient buffer is always a prefix. An exchange that overlaps communication with
-backward can then send growing prefixes without copying into separate buckets.
+    >>> model = build_model("mlp", "classification", n_features=64, n_classes=10,
+    ...                     hidden=(128,), activation="relu")
 
-Losses and gradients are *sums* over the rows given, never means: the trainer divides
-by the true global batch count after the Allreduce, so ranks with uneven or empty
-shares weigh in exactly.
-
-The same code runs on NumPy arrays (CPU) and CuPy arrays (GPU): the array module
-comes from the parameter buffer, and dense products go through ``xp.matmul`` (BLAS on
-the CPU, cuBLAS on the GPU).
+Each kind is a small builder in ``KINDS``; ``build_model`` looks it up. A model the
+engine does not know is written against the same ``Model`` interface (see ``dense``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..kernels.reference import ACTIVATIONS
+from .dense import Layer, Model
+from .losses import LOSSES, labels_for_loss, predictions
 
-import numpy as np
+TASKS = ("classification", "regression")
+# Activations a hidden layer may use; output layers are always identity.
+HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "identity")
 
-from ..devices.gpu import array_module
 
-# loss name -> the kernel that turns outputs into loss and dLoss/dz
-LOSSES = {
-    "squared": "squared_loss_grad",
-    "logistic": "logistic_loss_grad",
-    "hinge": "hinge_loss_grad",
-    "softmax": "softmax_xent",
+def _linear(task, n_features, n_classes, hidden, activation) -> Model:
+    return Model("linear", [Layer(n_features, 1, "identity")], "squared")
+
+
+def _logistic(task, n_features, n_classes, hidden, activation) -> Model:
+    return Model("logistic", [Layer(n_features, 1, "identity")], "logistic")
+
+
+def _svm(task, n_features, n_classes, hidden, activation) -> Model:
+    return Model("svm", [Layer(n_features, 1, "identity")], "hinge")
+
+
+def _softmax(task, n_features, n_classes, hidden, activation) -> Model:
+    return Model("softmax", [Layer(n_features, n_classes, "identity")], "softmax")
+
+
+def _mlp(task, n_features, n_classes, hidden, activation) -> Model:
+    widths = [n_features, *hidden]
+    layers = [Layer(a, b, activation) for a, b in zip(widths[:-1], widths[1:])]
+    if task == "regression":
+        return Model("mlp", layers + [Layer(widths[-1], 1, "identity")], "squared")
+    return Model("mlp", layers + [Layer(widths[-1], n_classes, "identity")], "softmax")
+
+
+# kind -> (builder, the task it is fixed to, or None when the task is a choice)
+KINDS = {
+    "linear": (_linear, "regression"),
+    "logistic": (_logistic, "classification"),
+    "softmax": (_softmax, "classification"),
+    "svm": (_svm, "classification"),
+    "mlp": (_mlp, None),
 }
+MODELS = tuple(KINDS)
 
 
-@dataclass(frozen=True)
-class Layer:
-    n_in: int
-    n_out: int
-    activation: str  # identity, relu or tanh
-
-
-class Model:
-    """Dense layers + loss. Holds shapes and the buffer layout, never the data.
-
-    Parameters
-    ----------
-    kind : linear, logistic, softmax, svm or mlp.
-    layers : the dense layers, input to output.
-    loss : squared, logistic, hinge or softmax.
-    """
-
-    def __init__(self, kind: str, layers: list[Layer], loss: str):
-        self.kind = kind
-        self.layers = list(layers)
-        self.loss = loss
-        self.n_features = layers[0].n_in
-        self.n_outputs = layers[-1].n_out
-        # (name, shape, offset, is_weight), in forward order; offsets in reverse order.
-        self.params = []
-        offset = 0
-        for i in reversed(range(len(layers))):
-            layer = layers[i]
-            w = (f"layers.{i}.weight", (layer.n_in, layer.n_out), offset, True)
-            offset += layer.n_in * layer.n_out
-            b = (f"layers.{i}.bias", (layer.n_out,), offset, False)
-            offset += layer.n_out
-            self.params[:0] = [w, b]
-        self.size = offset
-
-    @property
-    def is_classifier(self) -> bool:
-        return self.loss != "squared"
-
-    # --- buffers --------------------------------------------------------------------
-    def views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(weight, bias) views into ``flat`` for each layer, input to output."""
-        out = []
-        for i in range(len(self.layers)):
-            (_, ws, wo, _), (_, bs, bo, _) = self.params[2 * i], self.params[2 * i + 1]
-            out.append((flat[wo:wo + ws[0] * ws[1]].reshape(ws), flat[bo:bo + bs[0]]))
-        return out
-
-    def named(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: flat[o:o + int(np.prod(s))].reshape(s) for name, s, o, _ in self.params}
-
-    def decay_mask(self) -> np.ndarray:
-        """1 for weights (regularised), 0 for biases."""
-        mask = np.zeros(self.size, dtype=np.uint8)
-        for _, shape, offset, is_weight in self.params:
-            if is_weight:
-                mask[offset:offset + int(np.prod(shape))] = 1
-        return mask
-
-    def init(self, flat: np.ndarray, seed: int):
-        """Linear models start at zero (convex, so nothing to break); MLP layers get
-        He (ReLU) or Glorot (tanh, output) uniform weights from ``seed``, drawn on the
-        host so every device starts from the same values."""
-        xp = array_module(flat)
-        flat[:] = 0
-        if self.kind != "mlp":
-            return
-        rng = np.random.default_rng(seed)
-        for (w, _), layer in zip(self.views(flat), self.layers):
-            if layer.activation == "relu":
-                bound = np.sqrt(6.0 / layer.n_in)
-            else:
-                bound = np.sqrt(6.0 / (layer.n_in + layer.n_out))
-            w[:] = xp.asarray(rng.uniform(-bound, bound, size=w.shape))
-
-    # --- compute --------------------------------------------------------------------
-    def forward(self, params: np.ndarray, x: np.ndarray, k) -> list[np.ndarray]:
-        """Activations of every layer (x first, output pre-loss last)."""
-        xp = array_module(params)
-        acts = [x]
-        for (w, b), layer in zip(self.views(params), self.layers):
-            z = xp.matmul(acts[-1], w)
-            k.bias_act_forward(z, b, layer.activation)
-            acts.append(z)
-        return acts
-
-    def loss_grad(self, params, grads, x, y, k) -> tuple[float, int]:
-        """Overwrite ``grads`` with the gradient summed (not averaged) over the rows of x.
-
-        Returns (loss summed over rows, correctly classified rows; 0 for regression).
-        """
-        xp = array_module(params)
-        acts = self.forward(params, x, k)
-        pviews, gviews = self.views(params), self.views(grads)
-        out = acts[-1]
-        gw_last, gb_last = gviews[-1]
-        if self.loss == "squared":
-            loss, correct = k.squared_loss_grad(out, y, gb_last), 0
-        else:
-            loss, correct = getattr(k, LOSSES[self.loss])(out, y, gb_last)
-        delta = out  # the loss kernel turned the output into dLoss/dz in place
-        for i in reversed(range(len(self.layers))):
-            gw, gb = gviews[i]
-            xp.matmul(acts[i].T, delta, out=gw)
-            if i == 0:
-                break
-            upstream = xp.matmul(delta, pviews[i][0].T)
-            k.act_backward(upstream, acts[i], self.layers[i - 1].activation, gviews[i - 1][1])
-            delta = upstream
-        return float(loss), int(correct)
-
-    def predict_raw(self, params, x, k) -> np.ndarray:
-        """Output layer values before the loss: logits, margins or predictions."""
-        return self.forward(params, x, k)[-1]
-
-    def evaluate(self, params, x, y, k) -> tuple[float, int, np.ndarray]:
-        """(loss sum, correct count, raw outputs) without touching any gradient."""
-        raw = self.predict_raw(params, x, k)
-        scratch = raw.copy()
-        bias_grad = array_module(raw).empty(self.n_outputs, dtype=raw.dtype)
-        if self.loss == "squared":
-            return float(k.squared_loss_grad(scratch, y, bias_grad)), 0, raw
-        loss, correct = getattr(k, LOSSES[self.loss])(scratch, y, bias_grad)
-        return float(loss), int(correct), raw
+def default_task(kind: str) -> str:
+    """The task a kind trains for when none is given."""
+    fixed = KINDS[kind][1] if kind in KINDS else None
+    return fixed or "classification"
 
 
 def build_model(kind: str, task: str, n_features: int, n_classes: int,
                 hidden=(), activation: str = "relu") -> Model:
     """The Model for a config's model/task and the data's width and classes."""
-    if kind == "linear":
-        return Model(kind, [Layer(n_features, 1, "identity")], "squared")
-    if kind in ("logistic", "svm"):
-        return Model(kind, [Layer(n_features, 1, "identity")], "logistic" if kind == "logistic" else "hinge")
-    if kind == "softmax":
-        return Model(kind, [Layer(n_features, n_classes, "identity")], "softmax")
-    widths = [n_features, *hidden]
-    layers = [Layer(a, b, activation) for a, b in zip(widths[:-1], widths[1:])]
-    if task == "regression":
-        return Model(kind, layers + [Layer(widths[-1], 1, "identity")], "squared")
-    return Model(kind, layers + [Layer(widths[-1], n_classes, "identity")], "softmax")
+    builder, _ = KINDS[kind]
+    return builder(task, n_features, n_classes, tuple(hidden), activation)
 
 
-def labels_for_loss(model: Model, y: np.ndarray, dtype) -> np.ndarray:
-    """Labels in the form each loss kernel takes."""
-    if model.loss == "softmax":
-        return y.astype(np.int64)
-    if model.loss == "squared":
-        return y.astype(dtype).reshape(-1, 1)
-    return y.astype(dtype)
-
-
-def predictions(model: Model, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(predicted labels or values, class probabilities or None) from raw outputs."""
-    xp = array_module(raw)
-    if model.loss == "squared":
-        return raw[:, 0], None
-    if model.loss == "softmax":
-        shifted = raw - raw.max(axis=1, keepdims=True)
-        p = xp.exp(shifted)
-        p /= p.sum(axis=1, keepdims=True)
-        return raw.argmax(axis=1), p
-    positive = raw[:, 0] > 0
-    if model.loss == "logistic":
-        p1 = 1.0 / (1.0 + xp.exp(-raw[:, 0]))
-        return positive.astype(np.int64), xp.stack([1 - p1, p1], axis=1)
-    return positive.astype(np.int64), None
+__all__ = ["HIDDEN_ACTIVATIONS", "KINDS", "LOSSES", "Layer", "MODELS", "Model", "TASKS",
+           "build_model", "default_task", "labels_for_loss", "predictions"]

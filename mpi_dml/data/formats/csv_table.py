@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import csv
 import io
-import os
 import warnings
 from dataclasses import dataclass
 

@@ -1,0 +1,120 @@
+"""A rank's share of the training data: read its rows, split off validation, check labels.
+
+Every rank reads only the rows of the virtual shards it owns (``sharding``); checks
+that can fail on one rank's rows run under ``comm.agreed`` so the whole job stops with
+one message instead of hanging.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+from . import sharding
+from .columns import choose_columns, unused_note
+from .formats import open_table
+from .labels import Split, check_class_range, infer_classes, split_block
+
+
+@dataclass
+class TrainingData:
+    train: Split
+    val: Split | None           # this rank's validation rows, if any validation is asked for
+    feature_names: list
+    n_classes: int              # 0 for regression
+    shard_sizes: np.ndarray     # training rows per virtual shard, for every shard
+    local_shards: np.ndarray    # training shards whose rows make up ``train``, ascending
+    n_train: int
+    n_val: int
+
+
+def load_training(cfg, comm) -> TrainingData:
+    """Read this rank's training (and validation) rows for ``cfg``; collective."""
+    table = open_table(cfg.data, comm)
+    comm.agreed(_require_rows, table.n_rows, cfg.data)
+    n_shards = min(cfg.shards, table.n_rows)
+    bounds = sharding.shard_bounds(table.n_rows, n_shards)
+    s0, s1 = sharding.owned_shards(n_shards, comm.rank, comm.size)
+    lo, hi = int(bounds[s0]), int(bounds[s1])
+    features, label_at, unused = comm.agreed(choose_columns, table, cfg.label_column,
+                                             cfg.features)
+    names = [table.columns[i] for i in features]
+    note = unused_note(cfg.data, unused)
+    if note and comm.is_root:
+        print(f"mpi_dml: note: {note}", file=sys.stderr)
+    rows = comm.agreed(split_block, table.read(lo, hi, features + [label_at]), table, lo,
+                       cfg.is_classifier, names)
+
+    n_classes = 0
+    if cfg.is_classifier:
+        # Classes come from the training file alone; validation labels are checked
+        # against them, never allowed to widen the model.
+        n_classes = comm.agreed(infer_classes, cfg, comm.allreduce_int(
+            int(rows.y.max()) if rows.y.size else 0, op="max"))
+        comm.agreed(check_class_range, rows, n_classes, table, lo, cfg.model)
+
+    comm.agreed(_check_fraction_possible, cfg, n_shards, table.n_rows)
+    held_out = sharding.validation_shards(n_shards, cfg.val_fraction, cfg.seed)
+    sizes = np.diff(bounds)
+    shard_sizes = np.where(held_out, 0, sizes)
+    comm.agreed(_check_split, cfg, int(shard_sizes.sum()), table.n_rows)
+    mine = np.arange(s0, s1)
+    train, val = rows, None
+    if cfg.val_fraction > 0:  # every rank gets a (possibly empty) validation split
+        take_train = np.repeat(~held_out[mine], sizes[mine])
+        train = Split(rows.x[take_train], rows.y[take_train])
+        val = Split(rows.x[~take_train], rows.y[~take_train])
+    del rows  # a rank's rows are the largest thing it holds: keep one copy at a time
+    n_val = table.n_rows - int(shard_sizes.sum()) if val is not None else 0
+
+    if cfg.val_data:
+        val_table = open_table(cfg.val_data, comm)
+        comm.agreed(_require_rows, val_table.n_rows, cfg.val_data)
+        val_columns = comm.agreed(_same_features, val_table, names, cfg)
+        vlo, vhi = sharding.chunk(val_table.n_rows, comm.rank, comm.size)
+        val = comm.agreed(split_block, val_table.read(vlo, vhi, val_columns), val_table, vlo,
+                          cfg.is_classifier, names)
+        if cfg.is_classifier:
+            comm.agreed(check_class_range, val, n_classes, val_table, vlo, cfg.model)
+        n_val = val_table.n_rows
+    return TrainingData(train, val, names, n_classes, shard_sizes,
+                        mine[~held_out[mine]], int(shard_sizes.sum()), n_val)
+
+
+def _require_rows(n_rows, path):
+    if n_rows == 0:
+        raise UserError(f"{path} has a header but no data rows")
+
+
+def _check_fraction_possible(cfg, n_shards, n_rows):
+    if cfg.val_fraction > 0 and n_shards < 2:
+        raise UserError(f"--val-fraction holds out whole virtual shards, and {cfg.data} "
+                        f"({n_rows} rows, --shards {cfg.shards}) has only {n_shards}; "
+                        f"raise --shards or use --val-data")
+
+
+def _check_split(cfg, n_train, n_rows):
+    """Holding out whole shards must come close to the asked fraction and leave rows."""
+    if n_train == 0:
+        raise UserError(f"{cfg.data} leaves no training rows")
+    if cfg.val_fraction > 0:
+        got = 1 - n_train / n_rows
+        if abs(got - cfg.val_fraction) > cfg.val_fraction / 2:
+            raise UserError(f"--val-fraction {cfg.val_fraction} holds out whole shards, which "
+                            f"with --shards {cfg.shards} gives {got:.2f} of the rows; raise "
+                            f"--shards or use --val-data")
+
+
+def _same_features(val_table, names, cfg) -> list[int]:
+    """Columns of the validation file that hold the training features (by name, in
+    the training order) and then the label."""
+    columns = val_table.columns
+    for name in [*names, cfg.label_column]:
+        if name not in columns:
+            role = "the label column" if name == cfg.label_column else "a feature"
+            raise UserError(f"{cfg.val_data} has no column named '{name}', {role} in "
+                            f"{cfg.data}; validation data needs the same columns")
+    return [columns.index(name) for name in [*names, cfg.label_column]]
+

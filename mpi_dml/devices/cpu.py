@@ -1,0 +1,50 @@
+"""The CPU device: NumPy arrays, the Numba kernels, MPI Allreduce on host memory."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class CpuDevice:
+    """NumPy arrays, Numba kernels, MPI Allreduce on host memory."""
+
+    kind = "cpu"
+    xp = np
+
+    def __init__(self, comm, dtype, kernels=None):
+        self.comm = comm
+        self.kernels = kernels or _cpu_kernels(dtype)
+
+    def zeros(self, n, dtype):
+        return np.zeros(n, dtype=dtype)
+
+    def from_host(self, array):
+        return np.ascontiguousarray(array)
+
+    def to_host(self, array) -> np.ndarray:
+        return array
+
+    def batches(self, x, y, plan, start, stop):
+        """(x, y) rows of this rank for steps ``start`` to ``stop - 1`` of ``plan``."""
+        for step in range(start, stop):
+            idx = plan.local_indices(step)
+            yield x[idx], y[idx]
+
+    def allreduce_(self, buf):
+        return self.comm.allreduce_(buf)
+
+    def synchronize(self):
+        pass
+
+    def describe(self) -> dict:
+        return {"device": "cpu", "exchange": "mpi"}
+
+    def close(self):
+        pass
+
+
+def _cpu_kernels(dtype):
+    from ..kernels import get, warm_up
+
+    warm_up("cpu", np.dtype(dtype))  # compile before the clock starts
+    return get("cpu")
+

@@ -1,0 +1,235 @@
+"""Training on NVIDIA GPUs: CuPy arrays, the Numba CUDA kernels and the gradient
+exchange that ``gpu`` chose.
+
+    $ python -m mpi_dml train --config c.toml --device gpu
+    $ mpiexec -n 4 python -m mpi_dml train --config c.toml --device gpu
+    $ srun --mpi=pmi2 -N 2 --ntasks-per-node 4 --gpus-per-node 4 python -m mpi_dml train ... --device gpu
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from ..errors import AgreedError, UserError
+from . import gpu
+from .gpu_exchange import bind_index, choose_exchange, sharing_warning
+from .prefetch import BatchSlot, Prefetch, pinned
+
+
+class GpuDevice:
+    """CuPy arrays, Numba CUDA kernels and an NCCL / CUDA-aware MPI / host exchange.
+
+    The same methods as ``device.CpuDevice``. Constructing it is collective: every rank
+    binds its GPU, the ranks agree on the exchange, and NCCL (if chosen) is set up.
+    Computation runs on CuPy's current stream, which is Numba's default stream too.
+    """
+
+    kind = "gpu"
+
+    def __init__(self, comm, dtype, *, exchange: str = "auto"):
+        self.comm = comm
+        self.dtype = np.dtype(dtype)
+        self._nccl = None
+        self._slots = []
+        self._prefetch = None
+        self._staging = None
+        cupy = self.xp = gpu.import_cupy()
+        self.index, self.name, self.n_visible = comm.agreed(self._bind, cupy)
+        facts = gpu.exchange_facts(comm, cupy, self.index)
+        if facts["shared"] and comm.is_root:
+            print(sharing_warning(facts["shared"]), file=sys.stderr, flush=True)
+        self.exchange, self.why = comm.agreed(choose_exchange, exchange, size=comm.size, **facts)
+        if self.exchange == "nccl":
+            nccl = self._nccl_lib = gpu.nccl_module()
+            self._nccl_types = {np.dtype(np.float32): nccl.NCCL_FLOAT32,
+                                np.dtype(np.float64): nccl.NCCL_FLOAT64}
+            self._nccl = self._nccl_communicator()
+        elif self.exchange == "cuda-aware":
+            self._confirm_cuda_aware(forced=exchange == "cuda-aware")
+        self.kernels = comm.agreed(_cuda_kernels, self.dtype, self.index)
+        self._copy_stream = cupy.cuda.Stream(non_blocking=True)
+        self._staged = cupy.cuda.Event(disable_timing=True)
+
+    # --- setting up ---------------------------------------------------------------------
+    def _bind(self, cupy):
+        index = None
+        try:
+            n_visible = cupy.cuda.runtime.getDeviceCount()
+            index = bind_index(self.comm.local_rank, n_visible)
+            cupy.cuda.Device(index).use()
+            cupy.empty(1)  # creates the context now, so a busy or broken GPU fails here
+        except Exception as exc:
+            which = "a GPU" if index is None else f"GPU {index}"
+            raise UserError(f"--device gpu: cannot use {which}: {gpu.first_line(exc)}") from None
+        return index, gpu.gpu_name(cupy, index), n_visible
+
+    def _nccl_communicator(self):
+        nccl = self._nccl_lib
+        uid, error = None, None
+        if self.comm.is_root:
+            try:
+                uid = nccl.get_unique_id()
+            except Exception as exc:
+                error = f"--gpu-exchange {self.exchange}: NCCL failed to start ({gpu.first_line(exc)})"
+        uid, error = self.comm.allgather((uid, error), what="NCCL id")[0]
+        if error:
+            raise AgreedError(error)
+        # Collective over all ranks; NCCL connects them through the id rank 0 made.
+        return nccl.NcclCommunicator(self.comm.size, uid, self.comm.rank)
+
+    def _confirm_cuda_aware(self, forced: bool):
+        """A small Allreduce on GPU memory must give the right sum on every rank."""
+        cupy, size = self.xp, self.comm.size
+        error = None
+        try:
+            probe = cupy.full(16, self.comm.rank + 1, dtype=cupy.float64)
+            cupy.cuda.get_current_stream().synchronize()
+            self.comm.allreduce_(probe, what="CUDA-aware MPI test")
+            want = size * (size + 1) / 2
+            if not bool((probe == want).all()):
+                error = f"it gave {float(probe[0])} instead of {want}"
+        except Exception as exc:
+            error = gpu.first_line(exc)
+        errors = self.comm.allgather(error, what="CUDA-aware MPI test")
+        failed = [(rank, e) for rank, e in enumerate(errors) if e]
+        if not failed:
+            self.why += "; a test Allreduce on GPU memory gave the right sum"
+            return
+        rank, why = failed[0]
+        msg = f"a test Allreduce on GPU memory failed on rank {rank}: {why}"
+        if forced:
+            raise AgreedError(f"--gpu-exchange cuda-aware: {msg}; use --gpu-exchange host")
+        self.exchange, self.why = "host", f"{self.why}, but {msg}: staging through host memory"
+
+    # --- arrays ---------------------------------------------------------------------------
+    def zeros(self, n, dtype):
+        return self.xp.zeros(n, dtype=dtype)
+
+    def from_host(self, array):
+        return self.xp.asarray(array)
+
+    def to_host(self, array) -> np.ndarray:
+        return self.xp.asnumpy(array)
+
+    def synchronize(self):
+        self.xp.cuda.Device(self.index).synchronize()
+
+    # --- batches ------------------------------------------------------------------------
+    def batches(self, x, y, plan, start, stop):
+        """Device (x, y) rows of this rank for steps ``start`` to ``stop - 1`` of ``plan``.
+
+        A helper thread gathers each step's rows on the host into pinned memory and
+        copies them to the GPU on a stream of their own, up to two steps ahead: the
+        gather and the copy of step s+1 run while step s computes (and while the main
+        thread waits for the GPU), and each batch crosses PCIe once. Events order the
+        copy stream against the compute stream. The arrays yielded for a step are
+        refilled once the next batch is asked for: use them within their step.
+        """
+        if self._prefetch is not None:
+            self._prefetch.stop()  # an earlier generator left unfinished
+        indices = [plan.local_indices(step) for step in range(start, stop)]
+        if not indices:
+            return
+        slots = self._batch_slots(max(len(i) for i in indices), x, y)
+        compute = self.xp.cuda.get_current_stream()
+        for slot in slots:  # whatever is queued so far may still read the slots
+            slot.consumed.record(compute)
+        prefetch = self._prefetch = Prefetch(self, x, y, indices, slots)
+        prefetch.start()
+        try:
+            for i, idx in enumerate(indices):
+                prefetch.wait_ready()
+                slot = slots[i % 2]
+                compute.wait_event(slot.copied)
+                yield slot.dev_x[:len(idx)], slot.dev_y[:len(idx)]
+                slot.consumed.record(compute)  # everything the step queued has read it
+                prefetch.release(i % 2)
+        finally:
+            prefetch.stop()
+
+    def _batch_slots(self, cap, x, y):
+        if not (self._slots and all(s.fits(cap, x, y) for s in self._slots)):
+            self._slots = []  # free the old buffers before making larger ones
+            self._slots = [BatchSlot(self.xp, max(cap, 1), x, y) for _ in range(2)]
+        return self._slots
+
+    def _copy(self, dev, host, nbytes, stream, *, to_device):
+        if not nbytes:
+            return
+        rt = self.xp.cuda.runtime
+        if to_device:
+            rt.memcpyAsync(dev.data.ptr, host.ctypes.data, nbytes, rt.memcpyHostToDevice, stream.ptr)
+        else:
+            rt.memcpyAsync(host.ctypes.data, dev.data.ptr, nbytes, rt.memcpyDeviceToHost, stream.ptr)
+
+    # --- the gradient exchange ------------------------------------------------------------
+    def allreduce_(self, buf):
+        """Sum ``buf`` (a contiguous device array) over ranks, in place."""
+        if self.exchange == "none":
+            return buf
+        if not buf.flags.c_contiguous:
+            raise ValueError("allreduce_ needs a contiguous buffer")
+        stream = self.xp.cuda.get_current_stream()
+        if self.exchange == "nccl":
+            # Queued on the compute stream like any kernel; nothing waits for it here.
+            nccl = self._nccl_lib
+            self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size,
+                                 self._nccl_types[np.dtype(buf.dtype)], nccl.NCCL_SUM, stream.ptr)
+            return buf
+        if self.exchange == "cuda-aware":
+            stream.synchronize()  # MPI reads the memory now, outside any stream
+            return self.comm.allreduce_(buf, what="gradients")
+        stage = self._staging_for(buf)
+        self._staged.synchronize()  # the last copy back out of the staging buffer is done
+        self._copy(buf, stage, buf.nbytes, stream, to_device=False)
+        stream.synchronize()
+        self.comm.allreduce_(stage, what="gradients")
+        self._copy(buf, stage, buf.nbytes, stream, to_device=True)
+        self._staged.record(stream)
+        return buf
+
+    def _staging_for(self, buf):
+        if self._staging is None or self._staging.size < buf.size or self._staging.dtype != buf.dtype:
+            self._staging = pinned(self.xp, (buf.size,), buf.dtype)
+        return self._staging[:buf.size]
+
+    # --- reporting and teardown -----------------------------------------------------------
+    def describe(self) -> dict:
+        return {"device": "gpu",
+                "gpu": f"{self.name} (device {self.index} of {self.n_visible} visible)",
+                "exchange": self.exchange, "why": self.why}
+
+    def close(self):
+        if self._nccl is not None:
+            self.synchronize()
+            self._nccl.destroy()
+            self._nccl = None
+        if self._prefetch is not None:
+            self._prefetch.stop()
+        self._slots = []
+        self._prefetch = None
+        self._staging = None
+
+
+def _cuda_kernels(dtype, index):
+    """The Numba CUDA kernels on GPU ``index``, compiled for ``dtype`` before timing."""
+    # Kernels and CuPy share the legacy default stream: Numba's per-launch stream sync is waste.
+    os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
+    try:
+        import numba.core.config
+        from numba import cuda
+
+        numba.core.config.reload_config()  # numba read its settings at import, before this
+
+        cuda.select_device(index)  # the primary context CuPy uses, so both share it
+        from ..kernels import get, warm_up
+
+        kernels = get("cuda")
+        warm_up("cuda", dtype)
+    except ImportError as exc:
+        raise UserError(f"--device gpu: the CUDA kernels cannot be loaded ({gpu.first_line(exc)}); "
+                        f"install them with {gpu.INSTALL_HINT}") from None
+    return kernels
+

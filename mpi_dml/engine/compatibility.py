@@ -1,0 +1,110 @@
+"""Whether a checkpoint may continue under this run's configuration and data.
+
+A resume that would change the model, the optimizer state's meaning, the data, or the
+sequence of batches is refused with one message naming the setting; any other change
+(``lr``, ``epochs``) is noted.
+"""
+from __future__ import annotations
+
+from ..config import TrainConfig
+from ..errors import UserError
+
+# A setting newer than a checkpoint, at its default, changes nothing.
+_DEFAULTS = TrainConfig().to_dict()
+
+
+# These settings fix which rows form each batch and in what order; resuming under
+# other values would silently train on a different sequence than the one started.
+_BATCH_SETTINGS = ("batch_size", "shards", "seed", "val_fraction", "standardize")
+
+
+# Settings that may differ freely between a run and its resumption, without a note.
+_RUN_SETTINGS = ("resume", "out", "progress", "threads", "device", "gpu_exchange",
+                 "checkpoint_every", "keep", "grace", "stall_timeout", "check_every",
+                 "nonfinite")
+
+
+# --- resuming under a new configuration ---------------------------------------------
+def check_compatible(state, cfg, model_desc: dict, data_desc: dict,
+                     path) -> list[str]:
+    """Refuse a resume that cannot continue the same training; list harmless changes.
+
+    Raises one UserError for the first setting that would change the model, the
+    optimizer state's meaning, the data, or the sequence of batches. Returns notes such
+    as "lr changed from 0.01 to 0.02 since the checkpoint" for everything else.
+    """
+    old_m, old_d, old_c = state.model, state.data, state.config
+    new_c = cfg.to_dict()
+
+    def refuse(what_old, what_new, hint):
+        raise UserError(f"Checkpoint {path} was written {what_old}; this run {what_new} ({hint})")
+
+    if old_m["kind"] != model_desc["kind"]:
+        refuse(f"for model {old_m['kind']}", f"builds {model_desc['kind']}", "other --model?")
+    if old_m["loss"] != model_desc["loss"]:
+        refuse(f"for a model with {old_m['loss']} loss", f"uses {model_desc['loss']} loss",
+               "other --task?")
+    old_w, new_w = _widths(old_m["layers"]), _widths(model_desc["layers"])
+    if old_w != new_w:
+        refuse(f"for a model with layers {'-'.join(map(str, old_w))}",
+               f"builds {'-'.join(map(str, new_w))}", _layer_hint(old_w, new_w))
+    old_a = [l[2] for l in old_m["layers"]]
+    new_a = [l[2] for l in model_desc["layers"]]
+    if old_a != new_a:
+        refuse(f"with activations {', '.join(old_a)}", f"uses {', '.join(new_a)}",
+               "other --activation?")
+    if old_m["dtype"] != model_desc["dtype"]:
+        refuse(f"in {old_m['dtype']}", f"uses {model_desc['dtype']}", "other --dtype?")
+    if old_c.get("optimizer") != new_c["optimizer"]:
+        refuse(f"with optimizer {old_c.get('optimizer')}", f"uses {new_c['optimizer']}",
+               "its state means something else to another optimizer: other --optimizer?")
+    for key, what in (("n_features", "features"), ("n_classes", "classes"),
+                      ("n_train", "training rows"), ("n_val", "validation rows")):
+        if old_d.get(key) != data_desc.get(key):
+            refuse(f"for data with {old_d.get(key)} {what}",
+                   f"has {data_desc.get(key)}", "other --data or --val-data?")
+    batch_hint = ("it fixes the sequence of batches: keep the old value, or start a new "
+                  "run in another --out")
+    for key in _BATCH_SETTINGS:
+        if old_c.get(key) != new_c[key]:
+            refuse(f"with {key} {_show(old_c.get(key))}", f"has {_show(new_c[key])}", batch_hint)
+    if bool(old_c.get("val_data")) != bool(new_c["val_data"]):
+        refuse("with" + ("" if old_c.get("val_data") else "out") + " --val-data",
+               "has" + ("" if new_c["val_data"] else " none"), batch_hint)
+    if state.epoch >= new_c["epochs"]:
+        raise UserError(f"Checkpoint {path} is in epoch {state.epoch + 1}, past --epochs "
+                        f"{new_c['epochs']}: raise --epochs to at least {state.epoch + 1}, "
+                        f"or resume from an earlier checkpoint")
+    notes = []
+    if old_d.get("feature_names") != data_desc.get("feature_names"):
+        notes.append("feature names differ from the checkpoint's (same count): is this the same data?")
+    for key, value in new_c.items():
+        if key in _RUN_SETTINGS:
+            continue  # how this run is carried out, not what it computes
+        if key not in old_c:
+            # A setting newer than the checkpoint, at its default, changes nothing.
+            if value != _DEFAULTS.get(key):
+                notes.append(f"{key} is {_show(value)} (not recorded in the checkpoint)")
+        elif old_c[key] != value:
+            notes.append(f"{key} changed from {_show(old_c[key])} to {_show(value)} since the checkpoint")
+    return notes
+
+
+def _widths(layers) -> list[int]:
+    return [int(layers[0][0])] + [int(l[1]) for l in layers]
+
+
+def _layer_hint(old: list, new: list) -> str:
+    flags = []
+    if old[0] != new[0] or old[-1] != new[-1]:
+        flags.append("--data")
+    if old[1:-1] != new[1:-1]:
+        flags.append("--hidden")
+    if old[-1] != new[-1]:
+        flags.append("--num-classes")
+    return "other " + " or ".join(flags) + "?"
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+

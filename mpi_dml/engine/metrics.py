@@ -1,0 +1,45 @@
+"""Metrics over rows spread across ranks: sums on each rank, one reduction, then the
+figures, so they are the same for any number of ranks."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.standardize import scaled
+from ..devices.arrays import array_module
+from ..models import labels_for_loss
+
+EVAL_CHUNK = 8192  # rows per forward pass: bounds memory whatever the shard size
+
+
+def split_metrics(model, params, x, y, kernels, comm, *, standardize=None) -> dict:
+    """Loss and accuracy (classifiers) or mse/r2 (regression) over every rank's rows.
+
+    ``x`` and ``y`` are host arrays; ``params`` and ``kernels`` may be on a GPU, in
+    which case each chunk of rows is copied there. The metrics are host floats.
+    """
+    xp = array_module(params)
+    dtype = params.dtype
+    loss = correct = 0.0
+    for lo in range(0, x.shape[0], EVAL_CHUNK):
+        xb = scaled(x[lo:lo + EVAL_CHUNK], dtype, standardize, xp=xp)
+        yb = xp.asarray(labels_for_loss(model, y[lo:lo + EVAL_CHUNK], dtype))
+        l, c, _ = model.evaluate(params, xb, yb, kernels)
+        loss, correct = loss + l, correct + c
+    loss, correct, n, sum_y = comm.allreduce_(np.array([loss, correct, y.size, y.sum()]))
+    if n == 0:
+        return {"n": 0}
+    if model.is_classifier:
+        return {"accuracy": correct / n, "loss": loss / n, "n": int(n)}
+    # Total variance in a second pass around the global mean: the one-pass
+    # sum(y^2) - sum(y)^2 / n cancels to nothing for targets far from zero.
+    total = comm.allreduce_(np.array([((y - sum_y / n) ** 2).sum()]))[0]
+    mse = 2.0 * loss / n  # the squared loss is 0.5 * (z - y)^2
+    r2 = 1.0 - (mse * n) / total if total > 0 else None
+    return {"r2": r2, "mse": mse, "loss": loss / n, "n": int(n)}
+
+
+def finite_or_null(record: dict) -> dict:
+    """NaN and Infinity are not JSON; write them as null."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in record.items()}
+

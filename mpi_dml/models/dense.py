@@ -1,0 +1,152 @@
+"""Models as a stack of dense layers whose parameters live in one flat buffer.
+
+Every model here (linear, logistic, softmax, SVM, MLP) is dense layers followed by a
+loss. Parameters and gradients are views into one contiguous buffer each, so one
+Allreduce moves every gradient. The buffer holds the layers in *reverse* order (last
+layer first): backward produces the last layer's gradient first, so the finished part
+of the gradient buffer is always a prefix. An exchange that overlaps communication with
+backward can then send growing prefixes without copying into separate buckets.
+
+Losses and gradients are *sums* over the rows given, never means: the trainer divides
+by the true global batch count after the Allreduce, so ranks with uneven or empty
+shares weigh in exactly.
+
+The same code runs on NumPy arrays (CPU) and CuPy arrays (GPU): the array module
+comes from the parameter buffer, and dense products go through ``xp.matmul`` (BLAS on
+the CPU, cuBLAS on the GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..devices.arrays import array_module
+from .losses import LOSSES
+
+
+@dataclass(frozen=True)
+class Layer:
+    n_in: int
+    n_out: int
+    activation: str  # identity, relu or tanh
+
+
+class Model:
+    """Dense layers + loss. Holds shapes and the buffer layout, never the data.
+
+    Parameters
+    ----------
+    kind : linear, logistic, softmax, svm or mlp.
+    layers : the dense layers, input to output.
+    loss : squared, logistic, hinge or softmax.
+    """
+
+    def __init__(self, kind: str, layers: list[Layer], loss: str):
+        self.kind = kind
+        self.layers = list(layers)
+        self.loss = loss
+        self.n_features = layers[0].n_in
+        self.n_outputs = layers[-1].n_out
+        # (name, shape, offset, is_weight), in forward order; offsets in reverse order.
+        self.params = []
+        offset = 0
+        for i in reversed(range(len(layers))):
+            layer = layers[i]
+            w = (f"layers.{i}.weight", (layer.n_in, layer.n_out), offset, True)
+            offset += layer.n_in * layer.n_out
+            b = (f"layers.{i}.bias", (layer.n_out,), offset, False)
+            offset += layer.n_out
+            self.params[:0] = [w, b]
+        self.size = offset
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.loss != "squared"
+
+    # --- buffers --------------------------------------------------------------------
+    def views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(weight, bias) views into ``flat`` for each layer, input to output."""
+        out = []
+        for i in range(len(self.layers)):
+            (_, ws, wo, _), (_, bs, bo, _) = self.params[2 * i], self.params[2 * i + 1]
+            out.append((flat[wo:wo + ws[0] * ws[1]].reshape(ws), flat[bo:bo + bs[0]]))
+        return out
+
+    def named(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: flat[o:o + int(np.prod(s))].reshape(s) for name, s, o, _ in self.params}
+
+    def decay_mask(self) -> np.ndarray:
+        """1 for weights (regularised), 0 for biases."""
+        mask = np.zeros(self.size, dtype=np.uint8)
+        for _, shape, offset, is_weight in self.params:
+            if is_weight:
+                mask[offset:offset + int(np.prod(shape))] = 1
+        return mask
+
+    def init(self, flat: np.ndarray, seed: int):
+        """Linear models start at zero (convex, so nothing to break); MLP layers get
+        He (ReLU) or Glorot (tanh, output) uniform weights from ``seed``, drawn on the
+        host so every device starts from the same values."""
+        xp = array_module(flat)
+        flat[:] = 0
+        if self.kind != "mlp":
+            return
+        rng = np.random.default_rng(seed)
+        for (w, _), layer in zip(self.views(flat), self.layers):
+            if layer.activation == "relu":
+                bound = np.sqrt(6.0 / layer.n_in)
+            else:
+                bound = np.sqrt(6.0 / (layer.n_in + layer.n_out))
+            w[:] = xp.asarray(rng.uniform(-bound, bound, size=w.shape))
+
+    # --- compute --------------------------------------------------------------------
+    def forward(self, params: np.ndarray, x: np.ndarray, k) -> list[np.ndarray]:
+        """Activations of every layer (x first, output pre-loss last)."""
+        xp = array_module(params)
+        acts = [x]
+        for (w, b), layer in zip(self.views(params), self.layers):
+            z = xp.matmul(acts[-1], w)
+            k.bias_act_forward(z, b, layer.activation)
+            acts.append(z)
+        return acts
+
+    def loss_grad(self, params, grads, x, y, k) -> tuple[float, int]:
+        """Overwrite ``grads`` with the gradient summed (not averaged) over the rows of x.
+
+        Returns (loss summed over rows, correctly classified rows; 0 for regression).
+        """
+        xp = array_module(params)
+        acts = self.forward(params, x, k)
+        pviews, gviews = self.views(params), self.views(grads)
+        out = acts[-1]
+        gw_last, gb_last = gviews[-1]
+        if self.loss == "squared":
+            loss, correct = k.squared_loss_grad(out, y, gb_last), 0
+        else:
+            loss, correct = getattr(k, LOSSES[self.loss])(out, y, gb_last)
+        delta = out  # the loss kernel turned the output into dLoss/dz in place
+        for i in reversed(range(len(self.layers))):
+            gw, gb = gviews[i]
+            xp.matmul(acts[i].T, delta, out=gw)
+            if i == 0:
+                break
+            upstream = xp.matmul(delta, pviews[i][0].T)
+            k.act_backward(upstream, acts[i], self.layers[i - 1].activation, gviews[i - 1][1])
+            delta = upstream
+        return float(loss), int(correct)
+
+    def predict_raw(self, params, x, k) -> np.ndarray:
+        """Output layer values before the loss: logits, margins or predictions."""
+        return self.forward(params, x, k)[-1]
+
+    def evaluate(self, params, x, y, k) -> tuple[float, int, np.ndarray]:
+        """(loss sum, correct count, raw outputs) without touching any gradient."""
+        raw = self.predict_raw(params, x, k)
+        scratch = raw.copy()
+        bias_grad = array_module(raw).empty(self.n_outputs, dtype=raw.dtype)
+        if self.loss == "squared":
+            return float(k.squared_loss_grad(scratch, y, bias_grad)), 0, raw
+        loss, correct = getattr(k, LOSSES[self.loss])(scratch, y, bias_grad)
+        return float(loss), int(correct), raw
+
