@@ -6,7 +6,7 @@
 
 Both sides reduce the same float32 buffer in place with MPI.SUM:
 
-* engine: ``Comm.world().allreduce_(buf)``, the call the Trainer makes every step;
+* engine: ``Comm.world().allreduce_(buf)``, the call the engine makes every step;
 * raw:    ``MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)``.
 
 First it validates (every rank fills rank + 1; both must give size (size + 1) / 2

@@ -13,7 +13,7 @@ The driver (plain ``python``, no MPI of its own) does, in order:
 2. Time: for each rank count P it writes one synthetic ``.npy`` (256 x P x steps rows of
    784 random features and a label 0-9 in column "784"), then launches, interleaved
    ``--repeats`` times so machine noise hits all of them alike:
-     * ``mpiexec -n P ... --worker mpi_dml``: the real engine, ``Trainer(cfg,
+     * ``mpiexec -n P ... --worker mpi_dml``: the real engine, ``Engine(cfg,
        comm=Comm.world()).fit()``; samples/s from ``metrics.jsonl``, epochs after the
        first (the first one carries JIT loading, page faults and cache warm-up);
      * ``mpiexec -n P ... --worker torch``: the same MLP under DDP (gloo, CPU), the
@@ -21,7 +21,7 @@ The driver (plain ``python``, no MPI of its own) does, in order:
      * ``mpiexec -n P ... --worker gemm``: the model's eight GEMMs of one step in numpy
        float32 on every rank at once, the roofline that a step made only of GEMMs
        would reach.
-3. Profile (unless ``--no-profile``): one more mpi_dml run per rank count, the Trainer
+3. Profile (unless ``--no-profile``): one more mpi_dml run per rank count, the Engine
    given its cpu kernels behind a stopwatch, splits a step into data gathering,
    kernels, optimizer, gradient Allreduce and GEMMs + glue.
 4. Print a table with the medians, the ratio and the targets (PASS/MISS; the exit
@@ -153,7 +153,7 @@ def report(results, ranks) -> str:
     lines = [common.table(["ranks", "mpi_dml samples/s", "torch DDP samples/s", "ratio",
                            "mpi_dml GF/s/rank", "torch GF/s/rank", "GEMM GF/s/rank",
                            "mpi_dml of roofline", "torch of roofline"], rows)]
-    lines.append("\nmpi_dml epoch time shares (Trainer timers, max over ranks): " + "; ".join(
+    lines.append("\nmpi_dml epoch time shares (Engine timers, max over ranks): " + "; ".join(
         f"{p} ranks: " + ", ".join(f"{k.split('_')[0]} {100 * v:.0f}%"
                                    for k, v in results["ranks"][p]["mpi_dml_shares"].items())
         for p in ranks))
@@ -195,7 +195,7 @@ def profile_table(results, ranks) -> str:
                      k.get("act_backward", 0), k.get("sgd_update", 0), prof["compute_s"] - kern,
                      prof["comm_s"], prof["epoch_s"], roof])
     rows = [[label] + [f"{c[i]:.2f}" for c in cols] for i, (label, _) in enumerate(names)]
-    return ("mpi_dml step profile, ms per step (real Trainer run, kernels behind a stopwatch, "
+    return ("mpi_dml step profile, ms per step (real Engine run, kernels behind a stopwatch, "
             "epochs after the first):\n" + common.table(["phase"] + [f"{p} rank{'s' if p > 1 else ''}"
                                                        for p in ranks], rows))
 

@@ -113,7 +113,7 @@ def training_summary(out) -> dict:
     """What a worker reports of one mpi_dml run, from its metrics.jsonl (rank 0).
 
     The first epoch is left out of the medians: it pays for compilation and caches.
-    Shares are of the epoch wall time, each the max over ranks (the Trainer's timers).
+    Shares are of the epoch wall time, each the max over ranks (the Engine's timers).
     """
     import json
 

@@ -10,7 +10,7 @@ samples per rank per step, SGD lr 0.01 momentum 0.9) the driver
    (CuPy arrays, the CUDA kernels) and in PyTorch on the GPU from identical weights and
    batches must agree within float32 tolerance, or nothing is timed;
 2. writes one synthetic ``.npy`` per model and rank count, then launches, interleaved
-   ``--repeats`` times: the real Trainer with ``device="gpu"``; the same MLP in PyTorch
+   ``--repeats`` times: the real Engine with ``device="gpu"``; the same MLP in PyTorch
    on the same GPU with the same pinned-memory input pipeline; the step's GEMMs alone
    in CuPy (the throughput a step made only of GEMMs would reach);
 3. prints, per model, samples/s of both, their ratio, the TFLOP/s each reaches and its

@@ -1,7 +1,7 @@
 """The processes ``bench_train.py --device gpu`` launches, and its GPU models.
 
 Each worker runs on every rank of one launch and rank 0 prints one JSON line:
-``gpu_mpi_dml`` (the real Trainer with ``device="gpu"``), ``gpu_torch`` (the same MLP
+``gpu_mpi_dml`` (the real Engine with ``device="gpu"``), ``gpu_torch`` (the same MLP
 in PyTorch on the same GPU) and ``gpu_gemm`` (the step's GEMMs alone in CuPy, the
 throughput a step made only of GEMMs would reach). ``gpu_validate`` runs in one plain
 process (no MPI) and checks that mpi_dml and PyTorch compute the same two steps on the
@@ -127,10 +127,10 @@ def worker_validate(args):
 
 # --- timed workers (one process per rank, under mpiexec) ------------------------------------
 def worker_mpi_dml(args):
-    """The engine as users run it, on the GPU: TrainConfig(device="gpu") -> Trainer.fit()."""
+    """The engine as users run it, on the GPU: TrainConfig(device="gpu") -> Engine.fit()."""
     from mpi_dml.parallel.comm import Comm, install_abort_hook
     from mpi_dml.config import TrainConfig
-    from mpi_dml.engine.trainer import Trainer
+    from mpi_dml.engine import Engine
 
     install_abort_hook()
     comm = Comm.world()
@@ -142,7 +142,7 @@ def worker_mpi_dml(args):
         batch_size=PER_RANK * comm.size, epochs=args.epochs, seed=0, dtype="float32",
         shards=PER_RANK * comm.size, threads=1, progress="none", device="gpu",
         gpu_exchange=args.gpu_exchange)
-    Trainer(cfg, comm=comm).fit()
+    Engine(cfg, comm=comm).fit()
     if comm.is_root:
         out = Path(args.out)
         device = json.loads((out / "model.json").read_text()).get("device")

@@ -1,7 +1,7 @@
 """The processes bench_train.py launches, and the model arithmetic they share.
 
 Each worker runs on every rank of one launch and rank 0 prints one JSON line:
-``mpi_dml`` (the real Trainer), ``profile`` (the Trainer with stopwatched kernels),
+``mpi_dml`` (the real Engine), ``profile`` (the Engine with stopwatched kernels),
 ``torch`` (the same MLP under DistributedDataParallel) and ``gemm`` (the step's GEMMs
 alone, the roofline). ``validate`` checks, in one process, that mpi_dml and torch
 compute the same step before anything is timed.
@@ -140,13 +140,13 @@ def linear_layers(net):
 
 # --- workers (one process per rank, under mpiexec) -----------------------------------------
 def worker_mpi_dml(args):
-    """The engine as users run it: TrainConfig -> Trainer.fit(); figures from metrics.jsonl."""
+    """The engine as users run it: TrainConfig -> Engine.fit(); figures from metrics.jsonl."""
     from mpi_dml.parallel.comm import Comm, install_abort_hook
-    from mpi_dml.engine.trainer import Trainer
+    from mpi_dml.engine import Engine
 
     install_abort_hook()
     comm = Comm.world()
-    Trainer(_engine_config(args, comm), comm=comm).fit()
+    Engine(_engine_config(args, comm), comm=comm).fit()
     if comm.is_root:
         print(json.dumps(common.training_summary(args.out)))
 
@@ -170,22 +170,22 @@ class _TimedKernels:
 
 
 def worker_profile(args):
-    """Where an mpi_dml step's time goes, from the real Trainer run.
+    """Where an mpi_dml step's time goes, from the real Engine run.
 
-    The Trainer is given the cpu kernels behind a stopwatch (its ``kernels=`` argument);
+    The Engine is given the cpu kernels behind a stopwatch (its ``kernels=`` argument);
     its own timers give data gathering and the gradient Allreduce (including waiting for
     the slowest rank). What remains of the compute time is the GEMMs plus Python glue.
     """
     from mpi_dml.parallel.comm import Comm, install_abort_hook
     from mpi_dml.kernels import get, warm_up
-    from mpi_dml.engine.trainer import Trainer
+    from mpi_dml.engine import Engine
 
     install_abort_hook()
     comm = Comm.world()
-    warm_up("cpu", np.float32)  # what the Trainer does when it picks the kernels itself
+    warm_up("cpu", np.float32)  # what the Engine does when it picks the kernels itself
     k = _TimedKernels(get("cpu"))
     cfg = _engine_config(args, comm)
-    Trainer(cfg, comm=comm, kernels=k).fit()
+    Engine(cfg, comm=comm, kernels=k).fit()
     # Every epoch makes the same calls, so the first epoch's are the first 1/epochs of each list.
     timed_steps = (cfg.epochs - 1) * args.steps
     kernel_ms = {name: 1e3 * sum(s[len(s) // cfg.epochs:]) / timed_steps
@@ -198,7 +198,7 @@ def worker_profile(args):
         mean_k = {name: float(np.mean([d[name] for d in kernel_ms])) for name in kernel_ms[0]}
         print(json.dumps({"per_step_ms": per_step, "kernel_ms": mean_k,
                           "note": "epochs after the first; kernels averaged over ranks, "
-                                  "Trainer timers are max over ranks"}))
+                                  "Engine timers are max over ranks"}))
 
 
 def _engine_config(args, comm):
@@ -213,7 +213,7 @@ def _engine_config(args, comm):
 
 
 def worker_torch(args):
-    """The same MLP under torch DDP (gloo): each epoch timed the same way as the Trainer's."""
+    """The same MLP under torch DDP (gloo): each epoch timed the same way as the Engine's."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel

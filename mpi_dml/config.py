@@ -65,9 +65,11 @@ class DatasetSettings:
     shards: int = setting(1024, "virtual shards (fix batches independently of rank count)")
     standardize: bool = setting(False, "scale features to zero mean and unit variance")
 
-    def validate(self, cfg, world_size):
-        for name in ("data", "label_column"):
-            _check(getattr(self, name) != "", name, "be given", getattr(self, name) or "nothing")
+    def validate(self, cfg, world_size, files):
+        if files:
+            for name in ("data", "label_column"):
+                _check(getattr(self, name) != "", name, "be given",
+                       getattr(self, name) or "nothing")
         _check(0 <= self.val_fraction < 1, "val_fraction", "be in [0, 1)", self.val_fraction)
         _check(not (self.val_fraction and self.val_data), "val_fraction",
                "not be combined with val_data", self.val_fraction)
@@ -90,7 +92,7 @@ class NetworkSettings:
                                applies=_CLASS_COUNT)
     dtype: str = setting("float32", "float32 or float64")
 
-    def validate(self, cfg, world_size):
+    def validate(self, cfg, world_size, files):
         _choice(self, "model", MODELS)
         _choice(self, "task", TASKS)
         _choice(self, "activation", HIDDEN_ACTIVATIONS)
@@ -126,7 +128,7 @@ class SolverSettings:
     epochs: int = setting(10, "passes over the training data")
     seed: int = setting(0, "seed for initialisation, shuffling and validation split")
 
-    def validate(self, cfg, world_size):
+    def validate(self, cfg, world_size, files):
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "schedule", SCHEDULES)
         _check(self.lr > 0 and math.isfinite(self.lr), "lr", "be > 0", self.lr)
@@ -165,8 +167,12 @@ class RuntimeSettings:
     check_every: int = setting(200, "compare parameter checksums every N steps (0: never)")
     nonfinite: str = setting("abort", "on a non-finite gradient: abort (default) or skip")
 
-    def validate(self, cfg, world_size):
-        _check(self.out != "", "out", "be given", self.out or "nothing")
+    def validate(self, cfg, world_size, files):
+        if files:
+            _check(self.out != "", "out", "be given", self.out or "nothing")
+        for name in ("checkpoint_every", "resume"):
+            _check(self.out or not getattr(self, name), name, "come with out (the folder "
+                   "checkpoints go to)", getattr(self, name))
         _choice(self, "progress", PROGRESS)
         _check(self.threads >= 0, "threads", "be >= 0", self.threads)
         _choice(self, "device", DEVICES)
@@ -218,10 +224,14 @@ class TrainConfig:
     def is_classifier(self) -> bool:
         return self.task == "classification"
 
-    def validate(self, *, world_size: int = 1) -> "TrainConfig":
-        """Raise UserError naming the parameter, the rule and the value, or return self."""
+    def validate(self, *, world_size: int = 1, files: bool = True) -> "TrainConfig":
+        """Raise UserError naming the parameter, the rule and the value, or return self.
+
+        ``files``: the data comes from ``data`` and the model goes to ``out``, which must
+        then be given (the command line); without, they come and go through the API.
+        """
         for section in SECTIONS:
-            getattr(self, section).validate(self, world_size)
+            getattr(self, section).validate(self, world_size, files)
         return self
 
     def to_dict(self) -> dict:

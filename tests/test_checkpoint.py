@@ -45,13 +45,13 @@ def make_state(cfg=None, *, step=7, standardize=True, seed=0, **describe_kw) -> 
     model, model_desc, data = describe(cfg, **describe_kw)
     rng = np.random.default_rng(seed)
     dtype = np.dtype(cfg.dtype)
-    names = ("velocity",) if cfg.optimizer == "sgd" else ("m", "v")
+    names = ("params", "velocity") if cfg.optimizer == "sgd" else ("params", "m", "v")
     nf = data["n_features"]
     return CheckpointState(
-        params=rng.standard_normal(model.size).astype(dtype),
-        optimizer={n: rng.standard_normal(model.size).astype(dtype) for n in names},
-        optimizer_steps=step, step=step, epoch=1, step_in_epoch=2,
-        epoch_sums={"loss_sum": 12.5, "correct": 40.0, "skipped": 1},
+        arrays={n: rng.standard_normal(model.size).astype(dtype) for n in names},
+        algorithm="minibatch",
+        counters={"epoch": 1, "step_in_epoch": 2, "step": step, "optimizer_steps": step},
+        step=step, period={"stats": [12.5, 40.0, 96.0], "skipped": 1},
         history=[{"epoch": 0, "loss": 0.75, "accuracy": 0.5, "seconds": 1.25}],
         standardize=(rng.standard_normal(nf), rng.random(nf) + 0.5) if standardize else None,
         config=cfg.to_dict(), model=model_desc, data=data, world_size=3)
@@ -77,18 +77,17 @@ def test_round_trip_is_exact(tmp_path, dtype, optimizer, standardize):
     path = save_checkpoint(tmp_path, state, keep=2)
     assert path == tmp_path / f"ckpt-{2**40 + 3:09d}.safetensors"
     back = load_checkpoint(path)
-    assert same_bits(back.params, state.params)
-    assert back.optimizer.keys() == state.optimizer.keys()
-    for name, arr in state.optimizer.items():
-        assert same_bits(back.optimizer[name], arr)
+    assert list(back.arrays) == list(state.arrays)  # "params" first, then by name
+    for name, arr in state.arrays.items():
+        assert same_bits(back.arrays[name], arr)
     if standardize:
         for got, want in zip(back.standardize, state.standardize):
             assert same_bits(got, want) and got.dtype == np.float64
     else:
         assert back.standardize is None
     assert back.config["seed"] == 2**63 - 1 and back.step == 2**40 + 3
-    for field in ("optimizer_steps", "epoch", "step_in_epoch", "epoch_sums", "history",
-                  "config", "model", "data", "world_size"):
+    for field in ("algorithm", "counters", "period", "history", "config", "model", "data",
+                  "world_size"):
         assert getattr(back, field) == getattr(state, field), field
     back.params[0] += 1  # the trainer may update loaded arrays in place
 
@@ -97,17 +96,18 @@ def test_tensors_and_metadata_layout(tmp_path):
     from safetensors import safe_open
     path = save_checkpoint(tmp_path, make_state(make_cfg(optimizer="adam")), keep=1)
     with safe_open(str(path), framework="numpy") as fh:
-        assert sorted(fh.keys()) == ["optimizer.m", "optimizer.v", "params",
-                                     "standardize.mean", "standardize.std"]
+        assert sorted(fh.keys()) == ["standardize.mean", "standardize.std", "state.m",
+                                     "state.params", "state.v"]
     info = json.loads(header_metadata(path)["mpi_dml.checkpoint"])
-    assert info["format"] == "mpi_dml.checkpoint" and info["format_version"] == 1
+    assert info["format"] == "mpi_dml.checkpoint" and info["format_version"] == 2
+    assert info["algorithm"] == "minibatch" and info["counters"]["optimizer_steps"] == 7
     assert len(info["tensors_sha256"]) == 64
 
 
 def test_non_finite_floats_are_written_as_null(tmp_path):
     state = make_state()
     state.history = [{"epoch": 0, "loss": float("nan"), "val_loss": float("inf")}]
-    state.epoch_sums = {"loss_sum": np.float64("-inf"), "correct": np.float32(3), "skipped": np.int64(2)}
+    state.period = {"stats": [np.float64("-inf"), np.float32(3)], "skipped": np.int64(2)}
 
     def strict(name):
         raise AssertionError(f"{name} in checkpoint JSON")
@@ -116,8 +116,8 @@ def test_non_finite_floats_are_written_as_null(tmp_path):
     json.loads(header_metadata(path)["mpi_dml.checkpoint"], parse_constant=strict)
     back = load_checkpoint(path)
     assert back.history == [{"epoch": 0, "loss": None, "val_loss": None}]
-    assert np.isnan(back.epoch_sums["loss_sum"])
-    assert back.epoch_sums["correct"] == 3.0 and back.epoch_sums["skipped"] == 2
+    assert np.isnan(back.period["stats"][0])
+    assert back.period["stats"][1] == 3.0 and back.period["skipped"] == 2
 
 
 # --- damaged and foreign files ------------------------------------------------------
@@ -152,14 +152,15 @@ DAMAGE = {
     "last byte gone": (lambda p: p.write_bytes(p.read_bytes()[:-1]), "truncated or damaged"),
     "bit flip in tensors": (lambda p: _flip(p, _header_end(p) + 50), r"truncated or damaged \(checksum mismatch\)"),
     "bit flip in last byte": (lambda p: _flip(p, p.stat().st_size - 1), r"truncated or damaged \(checksum mismatch\)"),
-    "bit flip in description": (lambda p: _flip(p, p.read_bytes().index(b'epoch_sums') + 3), "truncated or damaged"),
+    "bit flip in description": (lambda p: _flip(p, p.read_bytes().index(b'counters') + 3), "truncated or damaged"),
     "text file": (lambda p: p.write_text("step,loss\n1,0.5\n"), "is not a safetensors file"),
     "zero header length": (lambda p: p.write_bytes(bytes(64)), "is not a safetensors file"),
     "other safetensors": (lambda p: p.write_bytes(__import__("safetensors.numpy").numpy.save(
         {"w": np.zeros(3)}, metadata={"format": "mpi_dml.model"})), "not an mpi_dml checkpoint"),
     "other format": (lambda p: _rewrite_info(p, lambda i: i.update(format="other.tool")), "not an mpi_dml checkpoint"),
-    "newer version": (lambda p: _rewrite_info(p, lambda i: i.update(format_version=2)), "has format version 2; this mpi_dml reads version 1"),
-    "tensor mismatch": (lambda p: _rewrite_info(p, lambda i: i["model"].update(layers=[[5, 9, "identity"]])), "is inconsistent"),
+    "newer version": (lambda p: _rewrite_info(p, lambda i: i.update(format_version=3)), "has format version 3; this mpi_dml reads version 2"),
+    "older release": (lambda p: _rewrite_info(p, lambda i: i.update(format_version=1)), "written by mpi_dml 0.1 .* format 1"),
+    "tensor mismatch": (lambda p: _rewrite_info(p, lambda i: i["model"].update(size=7)), "is inconsistent"),
     "missing": (lambda p: p.unlink(), "No checkpoint at"),
     "a folder": (lambda p: (p.unlink(), p.mkdir()), "is a folder, not a checkpoint file"),
 }
@@ -479,10 +480,11 @@ from mpi_dml.engine.checkpoint import CheckpointState, save_checkpoint
 folder, step, n = sys.argv[1], int(sys.argv[2]), 8_000_000
 while True:
     state = CheckpointState(
-        params=np.full(n, step, np.float32), optimizer={"velocity": np.full(n, -step, np.float32)},
-        optimizer_steps=step, step=step, epoch=0, step_in_epoch=step, epoch_sums={}, history=[],
-        standardize=None, config={}, model={"kind": "linear", "loss": "squared",
-        "layers": [[n - 1, 1, "identity"]], "dtype": "float32"}, data={}, world_size=1)
+        arrays={"params": np.full(n, step, np.float32), "velocity": np.full(n, -step, np.float32)},
+        algorithm="minibatch", counters={"step": step}, step=step,
+        period={"stats": [], "skipped": 0}, history=[], standardize=None, config={},
+        model={"kind": "linear", "loss": "squared", "layers": [[n - 1, 1, "identity"]],
+        "dtype": "float32", "size": n}, data={}, world_size=1)
     save_checkpoint(folder, state, keep=2)
     print(step, flush=True)
     step += 1
@@ -520,7 +522,7 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint_loadable(tmp_path):
             load_checkpoint(path)
         newest = load_checkpoint(latest_checkpoint(tmp_path))
         assert newest.step >= last and newest.params[0] == newest.step
-        assert newest.optimizer["velocity"][-1] == -newest.step
+        assert newest.arrays["velocity"][-1] == -newest.step
         start = newest.step + 1
     assert killed_mid_write, "no kill landed while a checkpoint was being written"
 
@@ -540,7 +542,7 @@ def test_engine_never_runs_a_shell_or_unpickles_a_file():
 
 def test_checkpoint_past_the_last_epoch_is_refused():
     state = make_state()
-    state.epoch = 4
+    state.counters["epoch"] = 4
     cfg = make_cfg(epochs=4)
     with pytest.raises(UserError, match=r"is in epoch 5, past --epochs 4: raise --epochs to "
                                         r"at least 5"):

@@ -7,7 +7,7 @@ every case once and reports each by name, so a failure here names the kernel, th
 variant and the dtype.
 
 * Under the simulator (always): small odd sizes, NumPy arrays, plus a tiny training
-  through the real ``Trainer`` compared with the same training on the reference.
+  through the real ``Engine`` compared with the same training on the reference.
 * On a real GPU (``-m gpu``; skipped without CuPy, a GPU and numba-cuda): the same
   comparisons with CuPy arrays at sizes that use many blocks.
 """

@@ -15,7 +15,7 @@ and biases not. The replay takes only the batch plan from the engine (``sharding
 ``shard_bounds``, ``validation_shards`` and ``EpochPlan`` decide which global rows are
 held out and which form batch k); nothing from ``models``, ``optim`` or ``train``.
 
-The engine runs in this process on one rank (``Trainer`` with ``Comm.world()``), and
+The engine runs in this process on one rank (``Engine`` with ``Comm.world()``), and
 for four cases under real mpiexec at 2 and 3 ranks. In float64 every tensor it writes
 must match the replay to 1e-10 relative (``FLOOR`` below for values near 0).
 """
@@ -282,11 +282,11 @@ def replay(s: dict, path) -> tuple[dict, list]:
 def train_in_process(s: dict, data, out) -> None:
     from mpi_dml.parallel.comm import Comm
     from mpi_dml.config import TrainConfig
-    from mpi_dml.engine.trainer import Trainer
+    from mpi_dml.engine import Engine
 
     cfg = TrainConfig(data=str(data), label_column="label", out=str(out), device="cpu",
                       threads=1, progress="none", **s)
-    Trainer(cfg, comm=Comm.world()).fit()
+    Engine(cfg, comm=Comm.world()).fit()
 
 
 def cli_flags(s: dict) -> list:

@@ -24,14 +24,16 @@ class Optimizer:
     moments carry the loss and L2 gradient only (``kernels/reference.py`` says why).
     """
 
-    def __init__(self, cfg, decay_mask: np.ndarray, kernels, xp=np):
+    def __init__(self, cfg, decay_mask: np.ndarray, kernels, xp=np, *, dtype=None):
+        # ``cfg``: the solver settings (``config.SolverSettings``, or a whole TrainConfig);
+        # ``dtype`` of the state, by default the config's.
         self.cfg = cfg
         self.kind = cfg.optimizer
         self.mask = xp.asarray(decay_mask)  # no copy when it is there already
         self.k = kernels
         self.step_count = 0
         n = decay_mask.size
-        dtype = np.dtype(cfg.dtype)
+        dtype = np.dtype(cfg.dtype if dtype is None else dtype)
         if self.kind == "sgd":
             self.state = {"velocity": xp.zeros(n, dtype=dtype)}
         else:

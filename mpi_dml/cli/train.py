@@ -11,7 +11,6 @@ import sys
 from ..config import FIELDS, SECTIONS, build_config, ignored_settings, load_toml
 
 
-
 def train_config(args):
     """The config from ``--config`` and the flags (flags win), and notes on settings
     given that this configuration does not use."""
@@ -46,7 +45,7 @@ def add_arguments(train: argparse.ArgumentParser):
 
 def train_command(args, comm):
     """Collective: train the model the flags describe; rank 0 writes it."""
-    from ..engine.trainer import Trainer
+    from ..engine import Engine
     from ..parallel.preemption import ignore_stop_signals
 
     cfg, notes = comm.agreed(train_config, args)
@@ -54,7 +53,7 @@ def train_command(args, comm):
         for note in notes:
             print(f"mpi_dml: note: {note}", file=sys.stderr)
     try:
-        Trainer(cfg, comm=comm).fit()
+        Engine(cfg, comm=comm).fit()
     finally:
         # Finished, stopped or failed with a message: a stop signal now (Slurm's
         # --signal firing late) must not change the exit status on the way out.

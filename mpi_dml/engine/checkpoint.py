@@ -1,12 +1,14 @@
 """Training checkpoints: one self-contained file that resumes on any number of ranks.
 
 A checkpoint is ``ckpt-{step:09d}.safetensors`` in the run's ``checkpoints/`` folder.
-Tensors: ``params`` and ``optimizer.<name>`` (flat, in the model's buffer layout, so no
-rank count is baked in) and ``standardize.mean``/``standardize.std`` when used.
-Everything else (counters, partial-epoch sums, history, config, model and data shape)
-is one JSON document in the safetensors header under ``mpi_dml.checkpoint``. The JSON
-records a SHA-256 over the tensors, and ``mpi_dml.checkpoint.sha256`` covers the JSON,
-so any damage is refused as one UserError instead of resuming from wrong numbers.
+Tensors: the training algorithm's state by name, ``state.<name>`` (``state.params``,
+the flat parameters, and e.g. ``state.m``/``state.v`` for Adam: nothing in them depends
+on the number of ranks), and ``standardize.mean``/``standardize.std`` when used.
+Everything else (the algorithm's name and counters, the unfinished period's summed
+statistics, history, config, model and data shape) is one JSON document in the
+safetensors header under ``mpi_dml.checkpoint``. The JSON records a SHA-256 over the
+tensors, and ``mpi_dml.checkpoint.sha256`` covers the JSON, so any damage is refused as
+one UserError instead of resuming from wrong numbers.
 
 Why a kill cannot lose the last good checkpoint: the new file is written to a hidden
 temporary name (``.ckpt-*.tmp``, which the listing ignores), fsynced, renamed over its
@@ -32,32 +34,38 @@ from ..io.atomic import atomic_write, fsync_dir
 from .checkpoint_folder import print_note, rotate
 
 FORMAT = "mpi_dml.checkpoint"
-FORMAT_VERSION = 1
+# 1: optimizer.<name> tensors beside params (mpi_dml 0.1); 2: state.<name> by algorithm.
+FORMAT_VERSION = 2
 # safetensors refuses headers above 100 MB; a bigger length means another kind of file.
 _MAX_HEADER = 100_000_000
 
 
 @dataclass
 class CheckpointState:
-    params: np.ndarray          # flat, host memory
-    optimizer: dict             # name -> flat array, same length and dtype as params
-    optimizer_steps: int        # Optimizer.step_count (Adam bias correction)
-    step: int                   # global optimizer steps done since the start of training
-    epoch: int                  # epoch of the next step (0-based)
-    step_in_epoch: int          # index of the next step within that epoch
-    epoch_sums: dict            # partial-epoch accumulators, already summed over ranks
-    history: list               # per-epoch metric records of the epochs finished so far
+    arrays: dict                # the algorithm's state by name, "params" first; host arrays
+    algorithm: str              # the algorithm's name (Algorithm.name)
+    counters: dict              # the algorithm's counters (Algorithm.counters()), JSON numbers
+    step: int                   # rounds (Allreduces) done since the start of training
+    period: dict                # unfinished period: {"stats": [...] over ranks, "skipped": n}
+    history: list               # metric records of the periods finished so far
     standardize: tuple | None   # (mean, std) float64 arrays, or None
     config: dict                # TrainConfig.to_dict() of the run that wrote it
-    model: dict                 # {"kind", "loss", "layers": [[n_in, n_out, act], ...], "dtype"}
+    model: dict                 # model_description(): kind, loss, layers, dtype, size
     data: dict                  # {"n_features", "n_classes", "n_train", "n_val", "feature_names"}
     world_size: int             # ranks of the run that wrote it (informational only)
 
+    @property
+    def params(self) -> np.ndarray:
+        return self.arrays["params"]
+
 
 def model_description(model, dtype) -> dict:
-    """The ``model`` entry of a checkpoint for an ``mpi_dml.models.Model``."""
-    return {"kind": model.kind, "loss": model.loss, "dtype": np.dtype(dtype).name,
-            "layers": [[l.n_in, l.n_out, l.activation] for l in model.layers]}
+    """The ``model`` entry of a checkpoint: what a resume must find again."""
+    describe = getattr(model, "describe", None)
+    desc = describe() if describe is not None else {
+        "kind": model.kind, "loss": model.loss,
+        "layers": [[l.n_in, l.n_out, l.activation] for l in model.layers]}
+    return {**desc, "dtype": np.dtype(dtype).name, "size": int(model.size)}
 
 
 def save_checkpoint(folder, state: CheckpointState, *, keep: int, note=print_note) -> Path:
@@ -75,12 +83,10 @@ def save_checkpoint(folder, state: CheckpointState, *, keep: int, note=print_not
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _tensors(state)
     info = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "tensors_sha256": _digest(tensors),
-            "optimizer_steps": int(state.optimizer_steps), "step": int(state.step),
-            "epoch": int(state.epoch), "step_in_epoch": int(state.step_in_epoch),
-            "epoch_sums": state.epoch_sums, "history": state.history,
-            "config": state.config, "model": state.model, "data": state.data,
-            "world_size": int(state.world_size)}
+            "tensors_sha256": _digest(tensors), "algorithm": state.algorithm,
+            "counters": state.counters, "step": int(state.step), "period": state.period,
+            "history": state.history, "config": state.config, "model": state.model,
+            "data": state.data, "world_size": int(state.world_size)}
     text = json.dumps(_plain(info), allow_nan=False, sort_keys=True)
     meta = {FORMAT: text, FORMAT + ".sha256": hashlib.sha256(text.encode()).hexdigest()}
     path = folder / f"ckpt-{int(state.step):09d}.safetensors"
@@ -91,20 +97,17 @@ def save_checkpoint(folder, state: CheckpointState, *, keep: int, note=print_not
 
 
 def _tensors(state: CheckpointState) -> dict:
-    def flat(a, dtype=None):
+    def plain(a, dtype=None):
         a = np.asarray(a, dtype=dtype)
         # Little-endian in memory too, so the digest matches what a reader gets back.
-        return np.ascontiguousarray(a.reshape(-1), dtype=a.dtype.newbyteorder("<"))
+        return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
 
-    params = flat(state.params)
-    tensors = {"params": params}
-    for name, arr in state.optimizer.items():
-        tensors[f"optimizer.{name}"] = flat(arr)
-        if tensors[f"optimizer.{name}"].shape != params.shape:
-            raise ValueError(f"optimizer state {name!r} has {arr.size} values, params {params.size}")
+    if next(iter(state.arrays), None) != "params":
+        raise ValueError("the algorithm's arrays must start with 'params'")
+    tensors = {f"state.{name}": plain(a) for name, a in state.arrays.items()}
     if state.standardize is not None:
-        tensors["standardize.mean"] = flat(state.standardize[0], np.float64)
-        tensors["standardize.std"] = flat(state.standardize[1], np.float64)
+        tensors["standardize.mean"] = plain(state.standardize[0], np.float64)
+        tensors["standardize.std"] = plain(state.standardize[1], np.float64)
     return tensors
 
 
@@ -154,6 +157,10 @@ def load_checkpoint(path) -> CheckpointState:
         raise UserError(f"Checkpoint {path} has an unreadable description") from None
     if fmt != FORMAT:
         raise UserError(f"{path} is not an mpi_dml checkpoint (format {fmt!r})")
+    if version == 1:
+        raise UserError(f"Checkpoint {path} was written by mpi_dml 0.1 (checkpoint format 1); "
+                        f"this release reads format {FORMAT_VERSION}. Finish that run with the "
+                        f"release that started it, or start a new run.")
     if version != FORMAT_VERSION:
         raise UserError(f"Checkpoint {path} has format version {version!r}; this mpi_dml "
                         f"reads version {FORMAT_VERSION} (written by another mpi_dml release?)")
@@ -204,37 +211,36 @@ def _header_metadata(path: Path, blob: bytes) -> dict:
 
 def _state(info: dict, tensors: dict) -> CheckpointState:
     """Rebuild the state, checking that tensors and description agree."""
-    params = tensors["params"].copy()  # frombuffer views are read-only
-    if params.ndim != 1 or params.dtype.name not in ("float32", "float64"):
-        raise ValueError(f"params must be flat float32/float64, not {params.dtype} {params.shape}")
-    layers = info["model"]["layers"]
-    size = sum(int(a) * int(b) + int(b) for a, b, _ in layers)
-    if params.size != size or info["model"]["dtype"] != params.dtype.name:
-        raise ValueError(f"{params.size} {params.dtype} parameters for a model of {size} "
-                         f"{info['model']['dtype']}")
-    optimizer = {}
-    for name, arr in tensors.items():
-        if name.startswith("optimizer."):
-            if arr.shape != params.shape or arr.dtype != params.dtype:
-                raise ValueError(f"{name} does not match params")
-            optimizer[name[len("optimizer."):]] = arr.copy()
+    arrays = {name[len("state."):]: t.copy() for name, t in tensors.items()
+              if name.startswith("state.")}  # copies: frombuffer views are read-only
+    params = arrays.get("params")
+    if params is None or params.ndim != 1 or params.dtype.name not in ("float32", "float64"):
+        raise ValueError("state.params must be a flat float32/float64 tensor")
+    arrays = {"params": params, **{k: v for k, v in sorted(arrays.items()) if k != "params"}}
+    model = info["model"]
+    if params.size != model["size"] or model["dtype"] != params.dtype.name:
+        raise ValueError(f"{params.size} {params.dtype} parameters for a model of "
+                         f"{model['size']} {model['dtype']}")
     standardize = None
     if "standardize.mean" in tensors or "standardize.std" in tensors:
         standardize = (tensors["standardize.mean"].copy(), tensors["standardize.std"].copy())
-        if any(t.shape != (int(layers[0][0]),) for t in standardize):
+        if any(t.shape != (int(info["data"]["n_features"]),) for t in standardize):
             raise ValueError("standardization tensors do not match the model's inputs")
-    counters = {k: info[k] for k in ("optimizer_steps", "step", "epoch", "step_in_epoch",
-                                     "world_size")}
+    for key in ("step", "world_size"):
+        if type(info[key]) is not int or info[key] < 0:
+            raise ValueError(f"{key} is {info[key]!r}")
+    counters = dict(info["counters"])
     for key, value in counters.items():
-        if type(value) is not int or value < 0:
-            raise ValueError(f"{key} is {value!r}")
-    # Accumulators are numbers by contract: a null there was a non-finite float.
-    sums = {k: (math.nan if v is None else v) for k, v in info["epoch_sums"].items()}
-    for key in ("rows", "skipped"):  # counts: the epoch's averages divide by rows
-        if key in sums and (type(sums[key]) is not int or sums[key] < 0):
-            raise ValueError(f"epoch_sums.{key} is {sums[key]!r}")
-    return CheckpointState(params=params, optimizer=optimizer, epoch_sums=sums,
+        if type(value) not in (int, float):
+            raise ValueError(f"counters.{key} is {value!r}")
+    period = info["period"]
+    # Summed statistics are numbers by contract: a null there was a non-finite float.
+    stats = [math.nan if v is None else float(v) for v in period["stats"]]
+    if type(period["skipped"]) is not int or period["skipped"] < 0:
+        raise ValueError(f"period.skipped is {period['skipped']!r}")
+    return CheckpointState(arrays=arrays, algorithm=str(info["algorithm"]), counters=counters,
+                           step=info["step"], period={"stats": stats,
+                                                      "skipped": period["skipped"]},
                            history=list(info["history"]), standardize=standardize,
-                           config=dict(info["config"]), model=dict(info["model"]),
-                           data=dict(info["data"]), **counters)
-
+                           config=dict(info["config"]), model=dict(model),
+                           data=dict(info["data"]), world_size=info["world_size"])

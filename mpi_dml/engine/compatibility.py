@@ -25,13 +25,15 @@ _RUN_SETTINGS = ("resume", "out", "progress", "threads", "device", "gpu_exchange
 
 
 # --- resuming under a new configuration ---------------------------------------------
-def check_compatible(state, cfg, model_desc: dict, data_desc: dict,
-                     path) -> list[str]:
+def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
+                     algorithm=None) -> list[str]:
     """Refuse a resume that cannot continue the same training; list harmless changes.
 
     Raises one UserError for the first setting that would change the model, the
-    optimizer state's meaning, the data, or the sequence of batches. Returns notes such
+    algorithm state's meaning, the data, or the sequence of batches. Returns notes such
     as "lr changed from 0.01 to 0.02 since the checkpoint" for everything else.
+    ``algorithm`` (``algorithms.Algorithm``) is the one this run built: its name and the
+    names and shapes of its arrays must match what the checkpoint stores.
     """
     old_m, old_d, old_c = state.model, state.data, state.config
     new_c = cfg.to_dict()
@@ -39,25 +41,32 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict,
     def refuse(what_old, what_new, hint):
         raise UserError(f"Checkpoint {path} was written {what_old}; this run {what_new} ({hint})")
 
-    if old_m["kind"] != model_desc["kind"]:
-        refuse(f"for model {old_m['kind']}", f"builds {model_desc['kind']}", "other --model?")
-    if old_m["loss"] != model_desc["loss"]:
-        refuse(f"for a model with {old_m['loss']} loss", f"uses {model_desc['loss']} loss",
-               "other --task?")
-    old_w, new_w = _widths(old_m["layers"]), _widths(model_desc["layers"])
-    if old_w != new_w:
-        refuse(f"for a model with layers {'-'.join(map(str, old_w))}",
-               f"builds {'-'.join(map(str, new_w))}", _layer_hint(old_w, new_w))
-    old_a = [l[2] for l in old_m["layers"]]
-    new_a = [l[2] for l in model_desc["layers"]]
-    if old_a != new_a:
-        refuse(f"with activations {', '.join(old_a)}", f"uses {', '.join(new_a)}",
-               "other --activation?")
+    if old_m.get("kind") != model_desc.get("kind"):
+        refuse(f"for model {old_m.get('kind')}", f"builds {model_desc.get('kind')}",
+               "other --model?")
+    if old_m.get("loss") != model_desc.get("loss"):
+        refuse(f"for a model with {old_m.get('loss')} loss",
+               f"uses {model_desc.get('loss')} loss", "other --task?")
+    if "layers" in old_m and "layers" in model_desc:
+        old_w, new_w = _widths(old_m["layers"]), _widths(model_desc["layers"])
+        if old_w != new_w:
+            refuse(f"for a model with layers {'-'.join(map(str, old_w))}",
+                   f"builds {'-'.join(map(str, new_w))}", _layer_hint(old_w, new_w))
+        old_a = [l[2] for l in old_m["layers"]]
+        new_a = [l[2] for l in model_desc["layers"]]
+        if old_a != new_a:
+            refuse(f"with activations {', '.join(old_a)}", f"uses {', '.join(new_a)}",
+                   "other --activation?")
     if old_m["dtype"] != model_desc["dtype"]:
         refuse(f"in {old_m['dtype']}", f"uses {model_desc['dtype']}", "other --dtype?")
+    if {k: v for k, v in old_m.items() if k != "dtype"} != \
+            {k: v for k, v in model_desc.items() if k != "dtype"}:
+        refuse(f"for the model {old_m}", f"builds {model_desc}", "another model?")
     if old_c.get("optimizer") != new_c["optimizer"]:
         refuse(f"with optimizer {old_c.get('optimizer')}", f"uses {new_c['optimizer']}",
                "its state means something else to another optimizer: other --optimizer?")
+    if algorithm is not None:
+        _check_algorithm_state(state, algorithm, refuse)
     for key, what in (("n_features", "features"), ("n_classes", "classes"),
                       ("n_train", "training rows"), ("n_val", "validation rows")):
         if old_d.get(key) != data_desc.get(key):
@@ -71,9 +80,10 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict,
     if bool(old_c.get("val_data")) != bool(new_c["val_data"]):
         refuse("with" + ("" if old_c.get("val_data") else "out") + " --val-data",
                "has" + ("" if new_c["val_data"] else " none"), batch_hint)
-    if state.epoch >= new_c["epochs"]:
-        raise UserError(f"Checkpoint {path} is in epoch {state.epoch + 1}, past --epochs "
-                        f"{new_c['epochs']}: raise --epochs to at least {state.epoch + 1}, "
+    epoch = state.counters.get("epoch")
+    if epoch is not None and epoch >= new_c["epochs"]:
+        raise UserError(f"Checkpoint {path} is in epoch {epoch + 1}, past --epochs "
+                        f"{new_c['epochs']}: raise --epochs to at least {epoch + 1}, "
                         f"or resume from an earlier checkpoint")
     notes = []
     if old_d.get("feature_names") != data_desc.get("feature_names"):
@@ -88,6 +98,25 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict,
         elif old_c[key] != value:
             notes.append(f"{key} changed from {_show(old_c[key])} to {_show(value)} since the checkpoint")
     return notes
+
+
+def _check_algorithm_state(state, algorithm, refuse):
+    """The checkpoint's algorithm, and arrays of the names and shapes it needs."""
+    if state.algorithm != algorithm.name:
+        refuse(f"by the {state.algorithm} algorithm", f"runs {algorithm.name}",
+               "another --optimizer?")
+    want = {name: (tuple(a.shape), str(a.dtype)) for name, a in algorithm.arrays().items()}
+    have = {name: (tuple(a.shape), str(a.dtype)) for name, a in state.arrays.items()}
+    if have != want:
+        refuse(f"with state {_arrays_text(have)}", f"needs {_arrays_text(want)}",
+               "written by another release or algorithm?")
+    if set(state.counters) != set(algorithm.counters()):
+        refuse(f"with counters {sorted(state.counters)}",
+               f"needs {sorted(algorithm.counters())}", "written by another release?")
+
+
+def _arrays_text(arrays: dict) -> str:
+    return ", ".join(f"{name} {dtype}{list(shape)}" for name, (shape, dtype) in arrays.items())
 
 
 def _widths(layers) -> list[int]:

@@ -29,17 +29,15 @@ from .compatibility import check_compatible
 class Resumed:
     """What every rank learns from the checkpoint it resumes from.
 
-    ``state`` (with the buffers and the history) is rank 0's alone; the counters and the
-    standardization are everyone's.
+    ``state`` (with the arrays and the history) is rank 0's alone; the step, the
+    algorithm's counters, the unfinished period and the standardization are everyone's.
     """
 
     def __init__(self, path, header: dict, state: CheckpointState | None):
         self.path = path
         self.step = header["step"]
-        self.epoch = header["epoch"]
-        self.step_in_epoch = header["step_in_epoch"]
-        self.optimizer_steps = header["optimizer_steps"]
-        self.epoch_sums = header["epoch_sums"]
+        self.counters = header["counters"]
+        self.period = header["period"]
         self.standardize = header["standardize"]
         self.state = state
 
@@ -54,46 +52,39 @@ def find_and_read(cfg, comm) -> Resumed | None:
     state = comm.agreed_on_root(load_checkpoint, path)
     header = None
     if comm.is_root:
-        header = {"step": state.step, "epoch": state.epoch,
-                  "step_in_epoch": state.step_in_epoch,
-                  "optimizer_steps": state.optimizer_steps,
-                  "epoch_sums": dict(state.epoch_sums), "standardize": state.standardize}
-    if comm.is_root:
-        print(f"mpi_dml: resuming from {path}: {state.step} steps done, in epoch "
-              f"{state.epoch + 1}", file=sys.stderr)
+        header = {"step": state.step, "counters": dict(state.counters),
+                  "period": dict(state.period), "standardize": state.standardize}
+        where = state.counters.get("epoch")
+        at = f", in epoch {where + 1}" if where is not None else ""
+        print(f"mpi_dml: resuming from {path}: {state.step} steps done{at}", file=sys.stderr)
     return Resumed(path, comm.bcast_obj(header, what="checkpoint header"), state)
 
 
-def check_and_restore(resumed: Resumed, cfg, comm, model, data, params, opt, dev):
+def check_and_restore(resumed: Resumed, cfg, comm, model, data, algorithm, dev):
     """Collective: refuse an incompatible checkpoint, else move the checkpoints that
-    are not on its line aside and load its buffers on every rank."""
+    are not on its line aside and give its state to ``algorithm`` on every rank."""
     model_desc = model_description(model, cfg.dtype)
     notes = comm.agreed_on_root(_accept_root, resumed, cfg, model_desc,
-                                data_description(data))
+                                data_description(data), algorithm)
     if comm.is_root:
         for note in notes or []:
             print_note(note)
     state = resumed.state
-    _broadcast_into(comm, dev, params, state.params if state else None, "parameters")
-    for name in sorted(opt.state):
-        saved = state.optimizer.get(name) if state else None
-        _broadcast_into(comm, dev, opt.state[name], saved, f"optimizer {name}")
-    opt.step_count = resumed.optimizer_steps
+    arrays = {}
+    for name, target in algorithm.arrays().items():  # the same names and order everywhere
+        host = np.empty(target.shape, dtype=target.dtype)
+        if comm.is_root:
+            host[...] = state.arrays[name]
+        arrays[name] = comm.bcast_(host, what=f"checkpoint {name}")
+    algorithm.restore(arrays, resumed.counters)
 
 
-def _accept_root(resumed: Resumed, cfg, model_desc, data_desc) -> list[str]:
-    notes = check_compatible(resumed.state, cfg, model_desc, data_desc, resumed.path)
+def _accept_root(resumed: Resumed, cfg, model_desc, data_desc, algorithm) -> list[str]:
+    notes = check_compatible(resumed.state, cfg, model_desc, data_desc, resumed.path,
+                             algorithm)
     # Only an accepted resume moves anything: a refused one leaves the folder as it was.
     moved = set_aside_for_resume(cfg.out, resumed.path, resumed.step)
     return notes + ([moved] if moved else [])
-
-
-def _broadcast_into(comm, dev, target, saved, what):
-    host = np.empty(target.shape, dtype=target.dtype)
-    if comm.is_root:
-        host[...] = saved
-    comm.bcast_(host, what=what)
-    target[...] = dev.from_host(host)
 
 
 def data_description(data) -> dict:

@@ -25,7 +25,7 @@ def save_model(out_dir, model: Model, params: np.ndarray, meta: dict, standardiz
     """Write the model files into ``out_dir`` (rank 0 only).
 
     ``meta`` must hold at least ``feature_names``, ``label_column`` and ``classes`` (as
-    ``Trainer._meta`` gives them): ``load_model`` refuses a folder without them.
+    ``Engine._meta`` gives them): ``load_model`` refuses a folder without them.
     """
     from safetensors.numpy import save
 

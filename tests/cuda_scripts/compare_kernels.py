@@ -289,7 +289,7 @@ def train_case(mem, sizes, dtype):
     """A tiny real training with the cuda kernels ends where the reference's does."""
     from mpi_dml.parallel.comm import Comm
     from mpi_dml.config import TrainConfig
-    from mpi_dml.engine.trainer import Trainer
+    from mpi_dml.engine import Engine
 
     rng = rng_for("train")
     x = rng.standard_normal((40, 5))
@@ -306,7 +306,7 @@ def train_case(mem, sizes, dtype):
                               batch_size=10, epochs=2, shards=8, seed=3, dtype=dtype,
                               device="cpu", threads=1, progress="none")
             counted = Counting(kernels.get(backend))
-            trainer = Trainer(cfg, comm=comm, kernels=counted)
+            trainer = Engine(cfg, comm=comm, kernels=counted)
             metrics = trainer.fit()
             finals[backend] = (np.array(trainer.params), metrics["train_loss"], counted.calls)
     (params, loss, calls), (params_ref, loss_ref, _) = finals["cuda"], finals["reference"]

@@ -4,12 +4,12 @@
 
 Every rank prints ``loading on rank R`` and then sleeps SECONDS before it reads its
 data, as on a slow file system, so a test can signal a rank while the data loads. The
-delay wraps ``mpi_dml.engine.trainer.load_training`` in this script; the engine has no test hooks.
+delay wraps ``mpi_dml.engine.engine.load_training`` in this script; the engine has no test hooks.
 """
 import sys
 import time
 
-from mpi_dml.engine import trainer as train
+from mpi_dml.engine import engine as train
 from mpi_dml.cli import main
 
 

@@ -1,0 +1,107 @@
+"""Minibatch gradient descent: one global batch per round, one fused optimizer step.
+
+    contribute: the batch's summed loss gradient (model.loss_grad), into the buffer
+    apply:      gradient / rows in the global batch, then SGD, Adam or AdamW with the
+                learning rate of the schedule at this step
+
+Batches come from the engine's data plan (``Batch``), which fixes every batch's rows
+from the seed, the epoch and the batch size alone, so the same rows meet the same
+parameters on any number of ranks. A period is an epoch.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..data.sharding import steps_per_epoch
+from ..errors import TrainingFailed
+from .base import Algorithm, Batch
+from .optimizers import Optimizer
+from .schedules import learning_rate
+
+# Per-rank statistics of a round: loss sum, correctly classified rows, rows.
+LOSS, CORRECT, ROWS = 0, 1, 2
+
+
+class Minibatch(Algorithm):
+    """Trains ``model`` from ``params`` (host, the same on every rank) with the solver
+    settings ``solver`` (``config.SolverSettings``) on ``n_train`` rows."""
+
+    name = "minibatch"
+    can_skip = True
+
+    def __init__(self, solver, model, dev, params, *, n_train: int):
+        self.solver, self.model, self.dev = solver, model, dev
+        self.params = dev.from_host(np.array(params))  # owned: never a caller's array
+        self.opt = Optimizer(solver, dev.from_host(model.decay_mask()), dev.kernels,
+                             xp=dev.xp, dtype=params.dtype)
+        self.steps = steps_per_epoch(n_train, solver.batch_size)
+        self.total_steps = self.steps * solver.epochs
+        self.periods = solver.epochs
+        self.epoch = self.step = self.global_step = 0
+
+    # --- state ------------------------------------------------------------------------
+    def buffer_size(self) -> int:
+        return self.model.size
+
+    def arrays(self) -> dict:
+        return {"params": self.params, **self.opt.state}
+
+    def counters(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step, "step": self.global_step,
+                "optimizer_steps": self.opt.step_count}
+
+    def restore(self, arrays: dict, counters: dict):
+        for name, target in self.arrays().items():
+            target[...] = self.dev.from_host(arrays[name])
+        self.epoch, self.step = counters["epoch"], counters["step_in_epoch"]
+        self.global_step = counters["step"]
+        self.opt.step_count = counters["optimizer_steps"]
+
+    # --- rounds -----------------------------------------------------------------------
+    def next_request(self):
+        if self.epoch >= self.solver.epochs:
+            return None
+        return Batch(self.epoch, self.step, self.steps, self.solver.batch_size,
+                     self.solver.seed)
+
+    def contribute(self, request, rows, buffer):
+        xb, yb = rows
+        loss, hits = self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels)
+        return np.array([loss, hits, xb.shape[0]], dtype=np.float64)
+
+    def apply(self, request, buffer, count: int):
+        buffer *= 1.0 / count
+        self.opt.step(self.params, buffer, self.lr(self.global_step))
+        self._advance()
+
+    def skip(self, request):
+        self._advance()
+
+    def _advance(self):
+        self.global_step += 1
+        self.step += 1
+        if self.step == self.steps:
+            self.epoch, self.step = self.epoch + 1, 0
+
+    # --- records ----------------------------------------------------------------------
+    def lr(self, step: int) -> float:
+        s = self.solver
+        return learning_rate(step, lr=s.lr, schedule=s.schedule, total_steps=self.total_steps,
+                             steps_per_epoch=self.steps, warmup_steps=s.warmup_steps,
+                             step_epochs=s.step_epochs, gamma=s.gamma)
+
+    def period_record(self, period: int, totals) -> dict:
+        """Loss and accuracy averaged over the rows of the steps used (a skipped step's
+        rows are not); none used (every step skipped) is NaN, as is a diverged loss,
+        and either stops the run on every rank."""
+        used = totals[ROWS]
+        record = {"epoch": period, "train_loss": totals[LOSS] / used if used else math.nan}
+        if self.model.is_classifier:
+            record["train_accuracy"] = totals[CORRECT] / used if used else math.nan
+        if not math.isfinite(record["train_loss"]):
+            raise TrainingFailed(f"training diverged in epoch {period + 1}: the training "
+                                 f"loss is {record['train_loss']}; lower --lr")
+        record["lr"] = self.lr((period + 1) * self.steps - 1)
+        return record
