@@ -125,7 +125,12 @@ class SolverSettings:
     step_epochs: int = setting(10, "step schedule: epochs between decays", applies=_STEP_ONLY)
     gamma: float = setting(0.1, "step schedule: decay factor", applies=_STEP_ONLY)
     batch_size: int = setting(64, "GLOBAL batch size, split across ranks")
-    epochs: int = setting(10, "passes over the training data")
+    epochs: int = setting(10, "passes over the training data (the most, with --tol)")
+    tol: float = setting(0.0, "stop once the training loss has improved by less than this "
+                              "for --n-iter-no-change epochs in a row (0: run every epoch)")
+    n_iter_no_change: int = setting(10, "epochs without an improvement of --tol before "
+                                        "stopping", applies=(lambda c: c.tol > 0,
+                                                             lambda c: "they apply with --tol"))
     seed: int = setting(0, "seed for initialisation, shuffling and validation split")
 
     def validate(self, cfg, world_size, files):
@@ -144,6 +149,9 @@ class SolverSettings:
         _check(self.step_epochs >= 1, "step_epochs", "be >= 1", self.step_epochs)
         _check(0 < self.gamma <= 1, "gamma", "be in (0, 1]", self.gamma)
         _check(self.epochs >= 1, "epochs", "be >= 1", self.epochs)
+        _check(self.tol >= 0 and math.isfinite(self.tol), "tol", "be >= 0", self.tol)
+        _check(self.n_iter_no_change >= 1, "n_iter_no_change", "be >= 1",
+               self.n_iter_no_change)
         _check(self.batch_size >= 1, "batch_size", "be >= 1", self.batch_size)
         _check(self.batch_size >= world_size, "batch_size",
                f"be >= the number of ranks ({world_size})", self.batch_size)

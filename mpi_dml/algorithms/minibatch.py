@@ -6,7 +6,10 @@
 
 Batches come from the engine's data plan (``Batch``), which fixes every batch's rows
 from the seed, the epoch and the batch size alone, so the same rows meet the same
-parameters on any number of ranks. A period is an epoch.
+parameters on any number of ranks. A period is an epoch. With ``tol`` > 0, training
+stops early once the epoch's training loss has improved by less than ``tol`` on the best
+so far for ``n_iter_no_change`` epochs in a row (scikit-learn's rule for its SGD and
+MLP estimators); the loss is summed over every rank, so every rank stops together.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ class Minibatch(Algorithm):
         self.total_steps = self.steps * solver.epochs
         self.periods = solver.epochs
         self.epoch = self.step = self.global_step = 0
+        self.best_loss, self.stale = math.inf, 0  # early stopping (tol)
+        self.stopped = False
 
     # --- state ------------------------------------------------------------------------
     def buffer_size(self) -> int:
@@ -50,7 +55,8 @@ class Minibatch(Algorithm):
 
     def counters(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step, "step": self.global_step,
-                "optimizer_steps": self.opt.step_count}
+                "optimizer_steps": self.opt.step_count, "stopped": int(self.stopped),
+                "best_loss": self.best_loss, "epochs_without_improvement": self.stale}
 
     def restore(self, arrays: dict, counters: dict):
         for name, target in self.arrays().items():
@@ -58,10 +64,14 @@ class Minibatch(Algorithm):
         self.epoch, self.step = counters["epoch"], counters["step_in_epoch"]
         self.global_step = counters["step"]
         self.opt.step_count = counters["optimizer_steps"]
+        self.stopped = bool(counters["stopped"])
+        best = counters["best_loss"]  # infinity is written as null
+        self.best_loss = math.inf if best is None else best
+        self.stale = counters["epochs_without_improvement"]
 
     # --- rounds -----------------------------------------------------------------------
     def next_request(self):
-        if self.epoch >= self.solver.epochs:
+        if self.epoch >= self.solver.epochs or self.stopped:
             return None
         return Batch(self.epoch, self.step, self.steps, self.solver.batch_size,
                      self.solver.seed)
@@ -104,4 +114,15 @@ class Minibatch(Algorithm):
             raise TrainingFailed(f"training diverged in epoch {period + 1}: the training "
                                  f"loss is {record['train_loss']}; lower --lr")
         record["lr"] = self.lr((period + 1) * self.steps - 1)
+        self._early_stop(record["train_loss"])
         return record
+
+    def _early_stop(self, loss: float):
+        if self.solver.tol <= 0:
+            return
+        if loss > self.best_loss - self.solver.tol:
+            self.stale += 1
+        else:
+            self.stale = 0
+        self.best_loss = min(self.best_loss, loss)
+        self.stopped = self.stale >= self.solver.n_iter_no_change

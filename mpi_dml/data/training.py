@@ -30,10 +30,14 @@ class TrainingData:
     n_val: int
 
 
-def load_training(cfg, comm) -> TrainingData:
-    """Read this rank's training (and validation) rows for ``cfg``; collective."""
-    table = open_table(cfg.data, comm)
-    comm.agreed(_require_rows, table.n_rows, cfg.data)
+def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
+    """Read this rank's training (and validation) rows for ``cfg``; collective.
+
+    The rows come from ``cfg.data`` (and ``cfg.val_data``), or from ``table`` (and
+    ``val_table``): any ``Table``, such as rows already in memory (``arrays``).
+    """
+    table = table if table is not None else open_table(cfg.data, comm)
+    comm.agreed(_require_rows, table)
     n_shards = min(cfg.shards, table.n_rows)
     bounds = sharding.shard_bounds(table.n_rows, n_shards)
     s0, s1 = sharding.owned_shards(n_shards, comm.rank, comm.size)
@@ -41,7 +45,7 @@ def load_training(cfg, comm) -> TrainingData:
     features, label_at, unused = comm.agreed(choose_columns, table, cfg.label_column,
                                              cfg.features)
     names = [table.columns[i] for i in features]
-    note = unused_note(cfg.data, unused)
+    note = unused_note(table.path, unused)
     if note and comm.is_root:
         print(f"mpi_dml: note: {note}", file=sys.stderr)
     rows = comm.agreed(split_block, table.read(lo, hi, features + [label_at]), table, lo,
@@ -55,11 +59,11 @@ def load_training(cfg, comm) -> TrainingData:
             int(rows.y.max()) if rows.y.size else 0, op="max"))
         comm.agreed(check_class_range, rows, n_classes, table, lo, cfg.model)
 
-    comm.agreed(_check_fraction_possible, cfg, n_shards, table.n_rows)
+    comm.agreed(_check_fraction_possible, cfg, table.path, n_shards, table.n_rows)
     held_out = sharding.validation_shards(n_shards, cfg.val_fraction, cfg.seed)
     sizes = np.diff(bounds)
     shard_sizes = np.where(held_out, 0, sizes)
-    comm.agreed(_check_split, cfg, int(shard_sizes.sum()), table.n_rows)
+    comm.agreed(_check_split, cfg, table.path, int(shard_sizes.sum()), table.n_rows)
     mine = np.arange(s0, s1)
     train, val = rows, None
     if cfg.val_fraction > 0:  # every rank gets a (possibly empty) validation split
@@ -69,10 +73,11 @@ def load_training(cfg, comm) -> TrainingData:
     del rows  # a rank's rows are the largest thing it holds: keep one copy at a time
     n_val = table.n_rows - int(shard_sizes.sum()) if val is not None else 0
 
-    if cfg.val_data:
-        val_table = open_table(cfg.val_data, comm)
-        comm.agreed(_require_rows, val_table.n_rows, cfg.val_data)
-        val_columns = comm.agreed(_same_features, val_table, names, cfg)
+    if cfg.val_data or val_table is not None:
+        val_table = val_table if val_table is not None else open_table(cfg.val_data, comm)
+        comm.agreed(_require_rows, val_table)
+        val_columns = comm.agreed(_same_features, val_table, names, cfg.label_column,
+                                  table.path)
         vlo, vhi = sharding.chunk(val_table.n_rows, comm.rank, comm.size)
         val = comm.agreed(split_block, val_table.read(vlo, vhi, val_columns), val_table, vlo,
                           cfg.is_classifier, names)
@@ -83,22 +88,22 @@ def load_training(cfg, comm) -> TrainingData:
                         mine[~held_out[mine]], int(shard_sizes.sum()), n_val)
 
 
-def _require_rows(n_rows, path):
-    if n_rows == 0:
-        raise UserError(f"{path} has a header but no data rows")
+def _require_rows(table):
+    if table.n_rows == 0:
+        raise UserError(f"{table.path} {table.empty_reason}")
 
 
-def _check_fraction_possible(cfg, n_shards, n_rows):
+def _check_fraction_possible(cfg, path, n_shards, n_rows):
     if cfg.val_fraction > 0 and n_shards < 2:
-        raise UserError(f"--val-fraction holds out whole virtual shards, and {cfg.data} "
+        raise UserError(f"--val-fraction holds out whole virtual shards, and {path} "
                         f"({n_rows} rows, --shards {cfg.shards}) has only {n_shards}; "
                         f"raise --shards or use --val-data")
 
 
-def _check_split(cfg, n_train, n_rows):
+def _check_split(cfg, path, n_train, n_rows):
     """Holding out whole shards must come close to the asked fraction and leave rows."""
     if n_train == 0:
-        raise UserError(f"{cfg.data} leaves no training rows")
+        raise UserError(f"{path} leaves no training rows")
     if cfg.val_fraction > 0:
         got = 1 - n_train / n_rows
         if abs(got - cfg.val_fraction) > cfg.val_fraction / 2:
@@ -107,14 +112,13 @@ def _check_split(cfg, n_train, n_rows):
                             f"--shards or use --val-data")
 
 
-def _same_features(val_table, names, cfg) -> list[int]:
-    """Columns of the validation file that hold the training features (by name, in
+def _same_features(val_table, names, label_column, path) -> list[int]:
+    """Columns of the validation table that hold the training features (by name, in
     the training order) and then the label."""
     columns = val_table.columns
-    for name in [*names, cfg.label_column]:
+    for name in [*names, label_column]:
         if name not in columns:
-            role = "the label column" if name == cfg.label_column else "a feature"
-            raise UserError(f"{cfg.val_data} has no column named '{name}', {role} in "
-                            f"{cfg.data}; validation data needs the same columns")
-    return [columns.index(name) for name in [*names, cfg.label_column]]
-
+            role = "the label column" if name == label_column else "a feature"
+            raise UserError(f"{val_table.path} has no column named '{name}', {role} in "
+                            f"{path}; validation data needs the same columns")
+    return [columns.index(name) for name in [*names, label_column]]

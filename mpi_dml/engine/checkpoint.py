@@ -230,8 +230,8 @@ def _state(info: dict, tensors: dict) -> CheckpointState:
         if type(info[key]) is not int or info[key] < 0:
             raise ValueError(f"{key} is {info[key]!r}")
     counters = dict(info["counters"])
-    for key, value in counters.items():
-        if type(value) not in (int, float):
+    for key, value in counters.items():  # null: a non-finite float, such as infinity
+        if value is not None and type(value) not in (int, float):
             raise ValueError(f"counters.{key} is {value!r}")
     period = info["period"]
     # Summed statistics are numbers by contract: a null there was a non-finite float.

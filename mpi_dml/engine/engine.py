@@ -38,7 +38,7 @@ from ..data.training import load_training
 from ..devices import select_device
 from ..errors import AgreedError, Preempted, TrainingFailed
 from ..io.model_files import save_model
-from ..models import build_model, labels_for_loss
+from ..models import build_model
 from ..parallel import consistency
 from ..parallel.comm import mpi_library
 from ..parallel.preemption import StopRequest, root_link
@@ -66,16 +66,18 @@ class Engine:
 
     What ``cfg`` would pick can be given instead: ``kernels`` (a kernel module),
     ``device`` (a ``devices.CpuDevice``-like object), ``data`` (a
-    ``data.training.TrainingData``: the rank's rows, already read) and ``model`` (any
-    object with the ``models.Model`` interface). ``process=True`` (the command line)
+    ``data.training.TrainingData``: the rank's rows, already read), ``model`` (any
+    object with the interface of ``models.protocol``) and ``algorithm`` (a function
+    ``(cfg, model, dev, params, n_train=...) -> algorithms.Algorithm``). ``process=True`` (the command line)
     lets the engine act for the whole process: set BLAS/Numba thread counts and catch
     SIGTERM/SIGUSR1; a library caller leaves both to its program.
     """
 
     def __init__(self, cfg, *, comm, kernels=None, device=None, data=None, model=None,
-                 process: bool = True):
+                 algorithm=None, process: bool = True):
         self.cfg, self.comm = cfg, comm
         self.kernels, self.device, self.data, self.model = kernels, device, data, model
+        self.make_algorithm = algorithm or make_algorithm
         self.process = process
         self.folder = RunFolder(cfg.out) if cfg.out else None
 
@@ -133,7 +135,7 @@ class Engine:
             if comm.is_root:
                 model.init(host, cfg.seed)
             comm.bcast_(host, what="initial parameters")  # rank 0's, bit for bit
-        self.algorithm = make_algorithm(cfg, model, dev, host, n_train=data.n_train)
+        self.algorithm = self.make_algorithm(cfg, model, dev, host, n_train=data.n_train)
         # The buffer carries CONTROL_SLOTS extra values after the algorithm's.
         self.buffer = dev.zeros(self.algorithm.buffer_size() + CONTROL_SLOTS, dtype)
         if resumed is not None:
@@ -144,7 +146,7 @@ class Engine:
             self.scale = standardization(data.train.x, comm) if cfg.standardize else None
         self.x = scaled(data.train.x, dtype, self.scale)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
-        self.y = labels_for_loss(model, data.train.y, dtype)
+        self.y = model.labels(data.train.y, dtype)
 
     def _stop_signals(self):
         if not self.process:

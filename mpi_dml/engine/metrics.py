@@ -6,7 +6,6 @@ import numpy as np
 
 from ..data.standardize import scaled
 from ..devices.arrays import array_module
-from ..models import labels_for_loss
 
 EVAL_CHUNK = 8192  # rows per forward pass: bounds memory whatever the shard size
 
@@ -22,7 +21,7 @@ def split_metrics(model, params, x, y, kernels, comm, *, standardize=None) -> di
     loss = correct = 0.0
     for lo in range(0, x.shape[0], EVAL_CHUNK):
         xb = scaled(x[lo:lo + EVAL_CHUNK], dtype, standardize, xp=xp)
-        yb = xp.asarray(labels_for_loss(model, y[lo:lo + EVAL_CHUNK], dtype))
+        yb = xp.asarray(model.labels(y[lo:lo + EVAL_CHUNK], dtype))
         l, c, _ = model.evaluate(params, xb, yb, kernels)
         loss, correct = loss + l, correct + c
     loss, correct, n, sum_y = comm.allreduce_(np.array([loss, correct, y.size, y.sum()]))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..devices.arrays import array_module
-from .losses import LOSSES
+from .losses import LOSSES, labels_for_loss
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,15 @@ class Model:
     @property
     def is_classifier(self) -> bool:
         return self.loss != "squared"
+
+    def labels(self, y: np.ndarray, dtype) -> np.ndarray:
+        """Labels in the form this model's loss kernel takes."""
+        return labels_for_loss(self, y, dtype)
+
+    def describe(self) -> dict:
+        """What a checkpoint records of the model, and a resume must find again."""
+        return {"kind": self.kind, "loss": self.loss,
+                "layers": [[l.n_in, l.n_out, l.activation] for l in self.layers]}
 
     # --- buffers --------------------------------------------------------------------
     def views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

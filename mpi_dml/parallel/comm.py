@@ -16,6 +16,7 @@ import time
 import traceback
 from contextlib import nullcontext
 
+import numpy as np
 from mpi4py import MPI
 
 from ..errors import AgreedError, UserError
@@ -113,6 +114,25 @@ class Comm:
         """Gather a small Python object (counts, names) from every rank."""
         with self.watched(f"Allgather({what})"):
             return self._comm.allgather(obj)
+
+    def alltoallv_rows(self, send, send_rows, recv, recv_rows, *, what: str = "rows"):
+        """Exchange rows of 2-D float64 arrays: ``send_rows[r]`` consecutive rows of
+        ``send`` go to rank ``r``, and ``recv`` receives ``recv_rows[r]`` rows from each
+        rank ``r``, in rank order."""
+        width = send.shape[1] if send.ndim == 2 else recv.shape[1]
+        if self.size == 1:
+            recv[...] = send.reshape(recv.shape)
+            return recv
+
+        def layout(rows):
+            counts = np.asarray(rows, dtype=np.int64) * width
+            return counts, np.concatenate(([0], np.cumsum(counts)[:-1]))
+
+        with self.watched(f"Alltoallv({what})"):
+            self._comm.Alltoallv([np.ascontiguousarray(send, np.float64),
+                                  layout(send_rows), MPI.DOUBLE],
+                                 [recv, layout(recv_rows), MPI.DOUBLE])
+        return recv
 
     def barrier(self):
         with self.watched("Barrier"):

@@ -21,6 +21,7 @@ class Table:
     """
 
     positional = False
+    empty_reason = "has no data rows"
 
     def __init__(self, path: str, comm, columns: list[str], n_rows: int,
                  feature_columns: list[str] | None = None):

@@ -53,6 +53,8 @@ class _CsvLayout:
 class CsvTable(Table):
     """A comma-separated file of numbers under a header line of column names."""
 
+    empty_reason = "has a header but no data rows"
+
     def __init__(self, path, comm, layout: _CsvLayout, first_row: int, n_rows: int):
         super().__init__(path, comm, layout.columns, n_rows)
         self._layout = layout
