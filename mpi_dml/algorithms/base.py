@@ -85,11 +85,14 @@ class Algorithm:
     """What an algorithm provides; see the module docstring for the contract.
 
     Subclasses set ``name`` (stored in checkpoints), ``periods`` (how many periods a
-    full run has, for progress) and ``can_skip`` (whether a round whose reduced buffer
+    full run has at most, for progress), ``period_name`` ("epoch", "iteration") and
+    ``can_skip`` (whether a round whose reduced buffer
     is not finite may be dropped, ``--nonfinite skip``, or must stop the run).
     """
 
     name = "algorithm"
+    period_name = "period"
+    periods = 0
     can_skip = False
 
     def buffer_size(self) -> int:
@@ -123,6 +126,11 @@ class Algorithm:
     def skip(self, request):
         """Move past a round whose reduced buffer was not finite (``can_skip`` only)."""
         raise NotImplementedError
+
+    def period_ended(self, request) -> bool:
+        """Whether the round just applied ended a period. Known from the request alone
+        for a minibatch; a line search knows only after ``apply``."""
+        return request.ends_period
 
     def period_record(self, period: int, totals) -> dict:
         """The metrics of a finished period from the statistics summed over it."""

@@ -32,6 +32,7 @@ class Minibatch(Algorithm):
     settings ``solver`` (``config.SolverSettings``) on ``n_train`` rows."""
 
     name = "minibatch"
+    period_name = "epoch"
     can_skip = True
 
     def __init__(self, solver, model, dev, params, *, n_train: int):

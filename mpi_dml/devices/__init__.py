@@ -1,6 +1,6 @@
 """Where training computes: the array module, the kernels and the gradient exchange.
 
-The trainer talks to one device and never asks which kind it is. On the CPU
+The engine talks to one device and never asks which kind it is. On the CPU
 (``cpu.CpuDevice``) the arrays are NumPy arrays, the kernels are the Numba ones and the
 exchange is the MPI Allreduce of ``Comm``. The GPU device (``gpu_device.GpuDevice``)
 has the same methods over CuPy arrays.

@@ -49,7 +49,7 @@ class GpuDevice:
         elif self.exchange == "cuda-aware":
             self._confirm_cuda_aware(forced=exchange == "cuda-aware")
         self.kernels = comm.agreed(_cuda_kernels, self.dtype, self.index)
-        self._copy_stream = cupy.cuda.Stream(non_blocking=True)
+        self.copy_stream = cupy.cuda.Stream(non_blocking=True)
         self._staged = cupy.cuda.Event(disable_timing=True)
 
     # --- setting up ---------------------------------------------------------------------
@@ -155,7 +155,9 @@ class GpuDevice:
             self._slots = [BatchSlot(self.xp, max(cap, 1), x, y) for _ in range(2)]
         return self._slots
 
-    def _copy(self, dev, host, nbytes, stream, *, to_device):
+    def copy_async(self, dev, host, nbytes, stream, *, to_device):
+        """Queue a copy of ``nbytes`` between a device and a (pinned) host array on
+        ``stream``; nothing waits for it here."""
         if not nbytes:
             return
         rt = self.xp.cuda.runtime
@@ -183,10 +185,10 @@ class GpuDevice:
             return self.comm.allreduce_(buf, what="gradients")
         stage = self._staging_for(buf)
         self._staged.synchronize()  # the last copy back out of the staging buffer is done
-        self._copy(buf, stage, buf.nbytes, stream, to_device=False)
+        self.copy_async(buf, stage, buf.nbytes, stream, to_device=False)
         stream.synchronize()
         self.comm.allreduce_(stage, what="gradients")
-        self._copy(buf, stage, buf.nbytes, stream, to_device=True)
+        self.copy_async(buf, stage, buf.nbytes, stream, to_device=True)
         self._staged.record(stream)
         return buf
 

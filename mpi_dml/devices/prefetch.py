@@ -58,10 +58,10 @@ class Prefetch(threading.Thread):
                 self._free[i % 2].acquire()  # the step that used the slot has been queued
                 if self._stopping:
                     return
-                stream = self.dev._copy_stream
+                stream = self.dev.copy_stream
                 stream.wait_event(slot.consumed)  # ... and the GPU has finished it
                 for dev, host in ((slot.dev_x, slot.host_x), (slot.dev_y, slot.host_y)):
-                    self.dev._copy(dev, host, host[:n].nbytes, stream, to_device=True)
+                    self.dev.copy_async(dev, host, host[:n].nbytes, stream, to_device=True)
                 slot.copied.record(stream)
                 self._ready.put(None)
         except BaseException as exc:  # raised again in the consuming thread

@@ -113,7 +113,7 @@ class Engine:
                 self.params = dev.to_host(self.algorithm.arrays()["params"]).copy()
                 if comm.is_root and self.folder is not None:
                     save_model(cfg.out, self.model, self.params,
-                               self._meta(data, finite_or_null(final)), self.scale)
+                               self.meta(data, finite_or_null(final)), self.scale)
             except AgreedError:
                 dev.close()  # every rank is here: a collective teardown (NCCL) is safe
                 raise
@@ -167,13 +167,15 @@ class Engine:
     # --- the loop ---------------------------------------------------------------------
     def _run(self, data, resumed) -> dict:
         cfg, comm, algo = self.cfg, self.comm, self.algorithm
-        self.history = list(resumed.state.history) if resumed and comm.is_root else []
+        # Every rank holds the history, so the result is the same everywhere.
+        self.history = comm.bcast_obj(list(resumed.state.history) if comm.is_root else None,
+                                      what="history") if resumed else []
         self.step = resumed.step if resumed else 0
         carried = resumed.period if resumed else {"stats": None, "skipped": 0}
         self.last_checkpoint = time.monotonic()
         self.checkpoint_rule = parse_interval(cfg.checkpoint_every)
-        self.progress = Progress(cfg.progress, algo.periods,
-                                 getattr(algo, "steps", 0), enabled=comm.is_root)
+        self.progress = Progress(cfg.progress, algo.periods, getattr(algo, "steps", 0),
+                                 enabled=comm.is_root, period_name=algo.period_name)
         self.stepping = False  # until the first round's Allreduce (StopRequest.steps_begin)
         ranks = comm.allgather({"rank": comm.rank, "host": comm.host, "pid": os.getpid()},
                                what="rank map")
@@ -184,7 +186,7 @@ class Engine:
         record = self.history[-1] if self.history else {}
         while (request := algo.next_request()) is not None:
             flags = self._round(request, period)
-            if request.ends_period:
+            if algo.period_ended(request):
                 record = self._finish_period(request.period, period, data)
                 period = _Period({"stats": None, "skipped": 0})
             self._maybe_checkpoint(flags, period)
@@ -251,7 +253,7 @@ class Engine:
         self.history.append(record)
         if comm.is_root and self.folder is not None:
             self.folder.write_metrics(self.history)
-        self.progress.epoch(record)
+        self.progress.period(index, record)
         return record
 
     def _host_params(self) -> np.ndarray:
@@ -308,7 +310,12 @@ class Engine:
         due = bool(flags[CHECKPOINT]) or (
             rule is not None and rule[0] == "steps" and self.step % rule[1] == 0)
         stop = bool(flags[STOP])
-        if not (due or stop) or self.folder is None:
+        if not (due or stop):
+            return
+        if self.folder is None:  # trained from Python without a checkpoint folder
+            if stop:
+                raise Preempted(f"stopped on {self._signal_name()} after step {self.step}; "
+                                f"no checkpoint folder was given, so nothing was saved")
             return
         carried = {"stats": period.totals(self.comm).tolist(), "skipped": period.skipped}
         path = resume.write(self.cfg, self.comm, Path(self.cfg.out) / "checkpoints",
@@ -317,10 +324,12 @@ class Engine:
         if stop:
             if self.comm.is_root:
                 self.folder.mark_stopped(str(path))
-            signal_name = self.stop.requested or "SIGTERM or SIGUSR1 (sent to another rank)"
-            raise Preempted(f"stopped on {signal_name} after step {self.step}; checkpoint "
+            raise Preempted(f"stopped on {self._signal_name()} after step {self.step}; checkpoint "
                             f"{path if path else 'written'}. Run again with --resume to "
                             f"continue.")
+
+    def _signal_name(self) -> str:
+        return self.stop.requested or "SIGTERM or SIGUSR1 (sent to another rank)"
 
     def _state(self, carried) -> CheckpointState:
         """Rank 0's checkpoint: the algorithm's arrays copied to the host."""
@@ -366,7 +375,8 @@ class Engine:
                           data.val.y, self.dev.kernels, self.comm, standardize=self.scale)
         return {f"val_{key}": v for key, v in m.items()}
 
-    def _meta(self, data, final) -> dict:
+    def meta(self, data, final) -> dict:
+        """What model.json records besides the model itself: data, config, metrics."""
         import numba
         cfg = self.cfg
         return {

@@ -6,12 +6,16 @@ import time
 
 
 class Progress:
-    """Progress of the epoch loop. Only rank 0 builds one that prints.
+    """Progress of the training loop. Only rank 0 builds one that prints.
 
-    ``mode`` is auto (bar on a terminal, lines otherwise), bar, lines or none.
+    ``mode`` is auto (bar on a terminal, lines otherwise), bar, lines or none. A line per
+    finished period (an epoch, an iteration) shows what its record holds; the bar moves
+    with the steps of an epoch.
     """
 
-    def __init__(self, mode: str, epochs: int, steps: int, *, enabled: bool, stream=None):
+    def __init__(self, mode: str, epochs: int, steps: int, *, enabled: bool, stream=None,
+                 period_name: str = "epoch"):
+        self.period_name = period_name
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "lines"
@@ -32,14 +36,18 @@ class Progress:
                           f"{step + 1}/{self.steps}")
         self.stream.flush()
 
-    def epoch(self, record: dict):
+    def period(self, index: int, record: dict):
         if self.mode == "none":
             return
-        parts = [f"epoch {record['epoch'] + 1}/{self.epochs}", f"loss {record['train_loss']:.4f}"]
-        for key in ("val_loss", "val_accuracy", "val_r2"):
+        of = f"/{self.epochs}" if self.epochs else ""
+        parts = [f"{self.period_name} {index + 1}{of}"]
+        for key, label in (("train_loss", "loss"), ("objective", "objective"),
+                           ("val_loss", "val_loss"), ("val_accuracy", "val_accuracy"),
+                           ("val_r2", "val_r2")):
             if record.get(key) is not None:
-                parts.append(f"{key} {record[key]:.4f}")
-        parts.append(f"{record['samples_per_s']:.0f} samples/s")
+                parts.append(f"{label} {record[key]:.4f}")
+        if record.get("samples_per_s") is not None:
+            parts.append(f"{record['samples_per_s']:.0f} samples/s")
         prefix = "\r" if self.mode == "bar" else ""
         self.stream.write(prefix + "  ".join(parts) + ("\033[K\n" if self.mode == "bar" else "\n"))
         self.stream.flush()

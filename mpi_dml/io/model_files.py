@@ -25,7 +25,7 @@ def save_model(out_dir, model: Model, params: np.ndarray, meta: dict, standardiz
     """Write the model files into ``out_dir`` (rank 0 only).
 
     ``meta`` must hold at least ``feature_names``, ``label_column`` and ``classes`` (as
-    ``Engine._meta`` gives them): ``load_model`` refuses a folder without them.
+    ``Engine.meta`` gives them): ``load_model`` refuses a folder without them.
     """
     from safetensors.numpy import save
 
@@ -39,9 +39,9 @@ def save_model(out_dir, model: Model, params: np.ndarray, meta: dict, standardiz
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": model.kind,
-        "loss": model.loss,
-        "layers": [[l.n_in, l.n_out, l.activation] for l in model.layers],
+        # What the model says of itself (models/protocol.py): kind, loss and layers for
+        # the built-in models, whatever a model of the user's own records.
+        **model.describe(),
         "dtype": str(params.dtype),
         "standardize": standardize is not None,
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),

@@ -7,7 +7,7 @@ layer first): backward produces the last layer's gradient first, so the finished
 of the gradient buffer is always a prefix. An exchange that overlaps communication with
 backward can then send growing prefixes without copying into separate buckets.
 
-Losses and gradients are *sums* over the rows given, never means: the trainer divides
+Losses and gradients are *sums* over the rows given, never means: the algorithm divides
 by the true global batch count after the Allreduce, so ranks with uneven or empty
 shares weigh in exactly.
 

@@ -37,7 +37,7 @@ class Comm:
 
     def __init__(self, mpi_comm):
         self._comm = mpi_comm
-        # Set by the trainer while a stall watchdog runs (see watchdog.py): every
+        # Set by the engine while a stall watchdog runs (see watchdog.py): every
         # collective below then tells it which operation this rank is waiting in.
         self.watchdog = None
         self.rank = mpi_comm.Get_rank()

@@ -3,7 +3,7 @@
 Slurm sends SIGTERM at the time limit and on preemption, and ``--signal=USR1@T`` sends
 SIGUSR1 T seconds before the limit. The signal may reach one rank, some, or all, at
 different moments, so no rank may act on it alone: the handler only raises a flag, the
-trainer carries the flag in the gradient Allreduce of the next step, and every rank
+engine carries the flag in the gradient Allreduce of the next step, and every rank
 sees the sum and stops after that same step.
 
 A signal that comes before this process has started its first step (while the data
