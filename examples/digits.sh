@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RANKS=${RANKS:-2}
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q -e '.[mpich,data]'
+.venv/bin/python -m pip install -q -e '.[mpich]'
 .venv/bin/python -m mpi_dml.data.bundled digits --out data
 .venv/bin/mpiexec -n "$RANKS" .venv/bin/python -m mpi_dml train --config examples/digits.toml
 .venv/bin/mpiexec -n "$RANKS" .venv/bin/python -m mpi_dml evaluate --model runs/digits \

@@ -41,7 +41,7 @@ def test_scripts_that_launch_mpiexec_install_the_mpich_extra():
     ci = (ROOT / ".ci" / "run").read_text()
     digits = (ROOT / "examples" / "digits.sh").read_text()
     assert "pip install -q -e '.[mpich,test]'" in ci
-    assert "pip install -q -e '.[mpich,data]'" in digits
+    assert "pip install -q -e '.[mpich]'" in digits
 
 
 def test_ci_runs_the_readme_test_command_verbatim():

@@ -49,9 +49,12 @@ def setup_process(*, threads: int = 0, stop_signals: bool = True,
         oversubscribe a node. Also sets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
         and ``MKL_NUM_THREADS`` for libraries loaded later.
     stop_signals : bool
-        SIGTERM/SIGUSR1 during a fit stop every rank after the same step, write a
-        checkpoint (when the fit has a checkpoint folder) and raise ``Preempted`` on
-        every rank. The handlers are installed for the length of each fit only.
+        SIGTERM/SIGUSR1 during a fit with a checkpoint folder stop every rank after the
+        same step, write a checkpoint and raise ``Preempted`` on every rank (exit
+        status 75 through ``abort_on_error``). A fit without a checkpoint folder has
+        nothing to save and goes on; if it has not finished ``grace`` seconds (60)
+        after the signal, the job ends with status 128 + the signal's number. The
+        handlers are installed for the length of each fit only.
     abort_on_error : bool
         An uncaught exception ends the job: one that every rank raised together
         (``errors.AgreedError``: bad input, ``TrainingFailed``, ``Preempted``) prints its

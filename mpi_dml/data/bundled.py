@@ -5,7 +5,7 @@
 
 Each writes ``NAME_train.csv`` and ``NAME_test.csv`` (80/20, split with a fixed seed and
 stratified by class) with a header row and a ``label`` column. Needs scikit-learn
-(``pip install mpi_dml[data]``); nothing is downloaded.
+(a dependency of mpi_dml); nothing is downloaded.
 """
 from __future__ import annotations
 

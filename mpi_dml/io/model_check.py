@@ -77,6 +77,10 @@ def check_description(info, path) -> Model:
         refuse(path, "'format_version'", f"be {FORMAT_VERSION}, the version this mpi_dml "
                f"reads", version)
     kind = get("kind", MISSING)
+    if kind == "custom":
+        raise UserError(f"{path} describes a model of your own ({get('class', 'a custom model')}), "
+                        f"trained with mpi_dml.train: evaluate and predict know only the "
+                        f"built-in models; read its parameters from model.safetensors")
     if not (isinstance(kind, str) and kind in MODELS):
         refuse(path, "'kind'", _one_of(MODELS), kind)
     loss = get("loss", MISSING)
