@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 DTYPES = ("float32", "float64")
+SEED_LIMIT = 2**63  # seeds are unsigned 64-bit keys of the batch plan, kept below 2**63
 NONFINITE = ("abort", "skip")
 PROGRESS = ("auto", "bar", "lines", "none")
 
@@ -155,7 +156,7 @@ class SolverSettings:
         _check(self.batch_size >= 1, "batch_size", "be >= 1", self.batch_size)
         _check(self.batch_size >= world_size, "batch_size",
                f"be >= the number of ranks ({world_size})", self.batch_size)
-        _check(0 <= self.seed < 2**63, "seed", "be in [0, 2**63)", self.seed)
+        _check(0 <= self.seed < SEED_LIMIT, "seed", "be in [0, 2**63)", self.seed)
 
 
 @dataclass
@@ -198,7 +199,6 @@ SECTIONS = {"dataset": DatasetSettings, "network": NetworkSettings, "solver": So
             "runtime": RuntimeSettings}
 # flat name -> (section name, dataclass field)
 FIELDS = {f.name: (section, f) for section, kind in SECTIONS.items() for f in fields(kind)}
-FIELD_TYPES = {name: f.type for name, (_, f) in FIELDS.items()}
 
 
 class TrainConfig:
@@ -251,7 +251,7 @@ class TrainConfig:
         return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
 
     def __repr__(self):
-        changed = {k: v for k, v in self.to_dict().items() if v != _DEFAULTS.get(k)}
+        changed = {k: v for k, v in self.to_dict().items() if v != DEFAULTS.get(k)}
         return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
 
@@ -267,7 +267,7 @@ def _section_property(name: str, section: str) -> property:
 
 for _name, (_section, _) in FIELDS.items():
     setattr(TrainConfig, _name, _section_property(_name, _section))
-_DEFAULTS = TrainConfig().to_dict()
+DEFAULTS = TrainConfig().to_dict()
 
 
 def _check(ok, name, rule, value):
@@ -337,7 +337,7 @@ def load_toml(path: str) -> dict:
 def build_config(file_values: dict, flag_values: dict) -> TrainConfig:
     """Merge file and flag values (flags win) into a TrainConfig, type-checked."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
-    return TrainConfig(**{name: _coerce(name, value, _DEFAULTS[name])
+    return TrainConfig(**{name: _coerce(name, value, DEFAULTS[name])
                           for name, value in merged.items()})
 
 

@@ -548,3 +548,17 @@ def test_checkpoint_past_the_last_epoch_is_refused():
                                         r"at least 5"):
         check_compatible(state, cfg, *describe(cfg)[1:], "c.safetensors")
     assert check_compatible(state, make_cfg(epochs=5), *describe(cfg)[1:], "c") is not None
+
+
+def test_a_model_description_compares_as_a_checkpoint_gives_it_back():
+    """Tuples in a model's own description come back from JSON as lists: the live
+    description is normalised the same way, or a resume would always be refused."""
+    class Tupled:
+        size = 3
+
+        def describe(self):
+            return {"kind": "custom", "shape": (2, 1), "names": ("a", "b")}
+
+    desc = model_description(Tupled(), "float64")
+    assert desc == json.loads(json.dumps(desc))
+    assert desc["shape"] == [2, 1] and desc["size"] == 3 and desc["dtype"] == "float64"

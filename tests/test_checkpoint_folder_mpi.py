@@ -162,3 +162,23 @@ def test_a_resume_that_cannot_move_checkpoints_aside_stops_before_training(digit
     assert "Traceback" not in result.stderr
     assert tree(out) == before
     assert not (out / "model.safetensors").exists() and not (out / "ranks.json").exists()
+
+
+@pytest.mark.parametrize("n,m", [(1, 2), (2, 1)])
+def test_a_checkpoint_after_the_last_step_resumes_to_the_model(digits, tmp_path, n, m):
+    """A stop signal in the last step, or --checkpoint-every dividing the run, leaves a
+    checkpoint that stands after the last epoch: resuming it writes the finished model
+    (it was once refused as "past --epochs", and a requeued job ended without one)."""
+    out = tmp_path / "run"
+    train(n, digits, out, "--checkpoint-every", "29", "--keep", "10")  # 29 steps an epoch
+    final = out / "checkpoints" / name(87)
+    assert final.exists()
+    reference = tensors(out)
+    history = (out / "metrics.jsonl").read_text()
+    for made in ("model.safetensors", "model.json", "metrics.jsonl"):
+        (out / made).unlink()
+    result = train(m, digits, out, "--resume", final)
+    assert "after epoch 3" in result.stderr, result.stderr
+    assert max_relative_difference(tensors(out), reference) == 0.0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records == [json.loads(line) for line in history.splitlines()]

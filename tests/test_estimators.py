@@ -274,3 +274,19 @@ def test_import_loads_nothing_until_an_estimator_is_asked_for():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.split() == ["False", "True"], done.stderr
+
+
+def test_a_feature_named_like_the_internal_label_stays_a_feature():
+    """The label's column inside the engine's table takes a name no feature has."""
+    pd = pytest.importorskip("pandas")
+    from mpi_dml import LinearRegression
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    y = X @ np.array([2.0, -3.0]) + 1.0
+    frame = pd.DataFrame(X, columns=["a", "__label__"])
+    reg = LinearRegression(random_state=0).fit(frame, y)
+    assert reg.n_features_in_ == 2 and list(reg.feature_names_in_) == ["a", "__label__"]
+    # The same model as with any other name for that column.
+    plain = LinearRegression(random_state=0).fit(pd.DataFrame(X, columns=["a", "b"]), y)
+    np.testing.assert_array_equal(reg.coef_, plain.coef_)
+    np.testing.assert_array_equal(reg.predict(frame), plain.predict(frame.set_axis(["a", "b"], axis=1)))

@@ -222,3 +222,17 @@ def test_metrics_file_replaces_a_symlink_rather_than_following_it(digits, tmp_pa
     assert metrics.is_file() and not metrics.is_symlink()
     assert [r["epoch"] for r in records(out)] == [0, 1]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".metrics")]
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_an_epoch_of_skipped_steps_stops_as_diverged(tmp_path, n):
+    """Every step non-finite and skipped: the epoch has no rows to average over, which
+    stops the run as diverged (exit 3), not with a crash."""
+    data = tmp_path / "huge.csv"
+    data.write_text("a,b,y\n" + "".join(f"1e38,1e38,{i % 3}\n" for i in range(40)))
+    r = run_cli(n, "train", "--data", data, "--label-column", "y", "--model", "linear",
+                "--epochs", "1", "--batch-size", "8", "--nonfinite", "skip", "--dtype",
+                "float32", "--out", tmp_path / "o", "--progress", "none", timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.count("training diverged in epoch 1") == 1, r.stderr
+    assert "Traceback" not in r.stderr

@@ -107,7 +107,8 @@ class Minibatch(Algorithm):
         """Loss and accuracy averaged over the rows of the steps used (a skipped step's
         rows are not); none used (every step skipped) is NaN, as is a diverged loss,
         and either stops the run on every rank."""
-        used = totals[ROWS]
+        # No statistics at all when every step of the epoch was skipped.
+        used = totals[ROWS] if len(totals) > ROWS else 0
         record = {"epoch": period, "train_loss": totals[LOSS] / used if used else math.nan}
         if self.model.is_classifier:
             record["train_accuracy"] = totals[CORRECT] / used if used else math.nan

@@ -337,13 +337,26 @@ def _same_everywhere(seen: list, what: str):
                                 f"rank {rank}")
 
 
+def _numbers(a, name: str):
+    """``a`` as a numeric array, checked here, under the agreement: a conversion that
+    fails later, on one rank, inside the exchange of rows, would strand the others."""
+    a = np.asarray(a)
+    if a.dtype.kind in "biuf":
+        return a
+    try:
+        return a.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"The '{name}' parameter of mpi_dml.train must hold numbers. "
+                        f"Got values of type {a.dtype} instead ({exc}).") from None
+
+
 def _arrays(X, y):
-    X = np.asarray(X)
+    X = _numbers(X, "X")
     if X.ndim != 2:
         raise UserError(f"The 'X' parameter of mpi_dml.train must be 2-D (rows, features). "
                         f"Got an array of shape {X.shape} instead.")
     if y is not None:
-        y = np.asarray(y)
+        y = _numbers(y, "y")
         if y.shape not in ((X.shape[0],), (X.shape[0], 1)):
             raise UserError(f"The 'y' parameter of mpi_dml.train must hold one value for "
                             f"each of the {X.shape[0]} rows of X. Got an array of shape "

@@ -23,12 +23,12 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..engine.metrics import EVAL_CHUNK
 from .est_collective import agreed_data, from_root, gather_or_raise
 from .est_params import check_params, draw_seed, rename_in_message, train_config
 
 # float32 input trains in float32; every other numeric input becomes float64.
 FLOATS = (np.float64, np.float32)
-PREDICT_CHUNK = 8192  # rows per forward pass, as evaluate and predict take them
 # model.json keys that save_model writes from the model itself, not from the meta.
 MODEL_KEYS = ("format", "format_version", "kind", "loss", "layers", "dtype", "standardize",
               "tensors_sha256")
@@ -85,7 +85,9 @@ class DataParallelEstimator(BaseEstimator):
                     "names": None if names is None else tuple(names),
                     "labels": self._local_labels(mine["y"]),
                     "label_name": _series_name(y),
-                    "seed": draw_seed(mine["values"]["random_state"]) if comm.is_root else None}
+                    # Every rank draws, so a generator passed as random_state advances
+                    # alike everywhere; rank 0's draw is the seed.
+                    "seed": draw_seed(mine["values"]["random_state"])}
 
         summaries = gather_or_raise(comm, local)
         data = agreed_data(summaries, type(self).__name__)
@@ -171,9 +173,9 @@ class DataParallelEstimator(BaseEstimator):
         X = validate_data(self, X, dtype=FLOATS, reset=False, ensure_min_samples=0)
         model, params = self._model, self._params
         out = np.empty((X.shape[0], model.n_outputs), dtype=params.dtype)
-        for lo in range(0, X.shape[0], PREDICT_CHUNK):
-            x = scaled(X[lo:lo + PREDICT_CHUNK], params.dtype, self._scale)
-            out[lo:lo + PREDICT_CHUNK] = model.predict_raw(params, x, reference)
+        for lo in range(0, X.shape[0], EVAL_CHUNK):
+            x = scaled(X[lo:lo + EVAL_CHUNK], params.dtype, self._scale)
+            out[lo:lo + EVAL_CHUNK] = model.predict_raw(params, x, reference)
         return out
 
     # --- save ---------------------------------------------------------------------------

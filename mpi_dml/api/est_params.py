@@ -22,6 +22,8 @@ import re
 
 import numpy as np
 
+from ..config import SEED_LIMIT
+
 # estimator parameter -> TrainConfig setting. ``random_state`` (-> seed), ``verbose``
 # (-> progress) and ``batch_size`` ("auto") need more than a rename; see train_config.
 RENAMED = {
@@ -52,7 +54,6 @@ CONFIG_TO_PARAM = {setting: param for param, setting in RENAMED.items()}
 
 # The batch scikit-learn's MLP estimators take with batch_size="auto": min(200, rows).
 AUTO_BATCH = 200
-SEED_LIMIT = 2**63  # TrainConfig's seeds are in [0, 2**63)
 
 
 def _is_int(v) -> bool:
@@ -149,8 +150,8 @@ def check_params(est) -> dict:
 
 
 def draw_seed(random_state) -> int:
-    """A seed for TrainConfig from ``random_state``. Called on rank 0 alone, whose
-    draw every rank then takes.
+    """A seed for TrainConfig from ``random_state``. Called on every rank (a generator
+    then advances the same way on each); rank 0's draw is the one used.
 
     An int is the seed itself (so ``random_state=7`` trains what ``--seed 7`` does).
     None draws from fresh operating-system entropy rather than from NumPy's global

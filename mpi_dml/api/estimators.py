@@ -30,8 +30,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length
 
 from .est_base import DataParallelEstimator
-from .est_collective import (combine_moments, gather_or_raise, local_moments, row_weights,
-                             union_classes)
+from .est_collective import (
+    combine_moments,
+    gather_or_raise,
+    local_moments,
+    row_weights,
+    union_classes,
+)
 
 __all__ = ["LinearRegression", "LogisticRegression", "LinearSVC", "MLPClassifier",
            "MLPRegressor"]

@@ -49,12 +49,12 @@ def setup_process(*, threads: int = 0, stop_signals: bool = True,
         oversubscribe a node. Also sets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
         and ``MKL_NUM_THREADS`` for libraries loaded later.
     stop_signals : bool
-        SIGTERM/SIGUSR1 during a fit with a checkpoint folder stop every rank after the
-        same step, write a checkpoint and raise ``Preempted`` on every rank (exit
-        status 75 through ``abort_on_error``). A fit without a checkpoint folder has
-        nothing to save and goes on; if it has not finished ``grace`` seconds (60)
-        after the signal, the job ends with status 128 + the signal's number. The
-        handlers are installed for the length of each fit only.
+        SIGTERM/SIGUSR1 during a fit stop every rank after the same step and raise
+        ``Preempted`` on every rank (exit status 75 through ``abort_on_error``), after
+        writing a checkpoint when the fit has a checkpoint folder (without one, nothing
+        is saved). If that has not happened ``grace`` seconds (60) after the signal,
+        the job ends with status 128 + the signal's number. The handlers are installed
+        for the length of each fit only.
     abort_on_error : bool
         An uncaught exception ends the job: one that every rank raised together
         (``errors.AgreedError``: bad input, ``TrainingFailed``, ``Preempted``) prints its
@@ -115,18 +115,18 @@ def fit_arrays(cfg, x, y, *, comm=None, names=None, model=None, algorithm=None):
 
     ``cfg.label_column`` is set to the label's name inside the table of arrays.
     """
-    from ..data.arrays import LABEL, ArrayTable
+    from ..data.arrays import ArrayTable, label_name
     from ..data.training import load_training
     from ..engine import Engine
 
     comm = world(comm)
     cfg = copy.deepcopy(cfg)  # the caller's stays as given
-    cfg.label_column = LABEL
+    cfg.label_column = label_name(names)
     if _PROCESS["owned"] and not cfg.threads:
         cfg.threads = _PROCESS["threads"]  # the fit re-applies setup_process's count
     # Before any rows move: a bad setting is one message on every rank.
     comm.agreed(cfg.validate, world_size=comm.size, files=False)
-    table = ArrayTable(x, y, comm, names=names)
+    table = ArrayTable(x, y, comm, names=names, label=cfg.label_column)
     data = load_training(cfg, comm, table)
     engine = Engine(cfg, comm=comm, data=data, model=model, algorithm=algorithm,
                     process=process_owned())

@@ -19,16 +19,34 @@ from .formats.base import Table
 LABEL = "__label__"  # the label's column name inside the table; never a feature
 
 
-class ArrayTable(Table):
-    """``x`` (rows x features) and ``y`` (one per row, or None) of this rank."""
+def label_name(names) -> str:
+    """A name for the label column that no feature has (a DataFrame may well hold a
+    column called ``__label__``)."""
+    taken, name = set(names or ()), LABEL
+    while name in taken:
+        name += "_"
+    return name
 
-    def __init__(self, x, y, comm, *, names=None, path: str = "the rows given to fit"):
+
+class ArrayTable(Table):
+    """``x`` (rows x features) and ``y`` (one per row, or None) of this rank.
+
+    The caller checks the rows first, under an agreement across ranks: a rank that
+    raises here (a wrong shape, values that are not numbers) while the others go on
+    leaves them waiting in the next collective.
+    """
+
+    def __init__(self, x, y, comm, *, names=None, label: str | None = None,
+                 path: str = "the rows given to fit"):
         x = np.asarray(x)
         if x.ndim != 2:
             raise ValueError(f"x must be 2-D (rows, features); got shape {x.shape}")
         names = list(names) if names is not None else [f"x{j}" for j in range(x.shape[1])]
+        label = label or label_name(names)
+        if label in names:
+            raise ValueError(f"the label's name {label!r} is also a feature's")
         counts = comm.allgather(int(x.shape[0]), what="rows held")
-        super().__init__(path, comm, [*names, LABEL], int(sum(counts)),
+        super().__init__(path, comm, [*names, label], int(sum(counts)),
                          feature_columns=names)
         self._x = x
         self._y = np.zeros(x.shape[0]) if y is None else np.asarray(y).reshape(-1)

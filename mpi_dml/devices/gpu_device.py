@@ -21,7 +21,7 @@ from .prefetch import BatchSlot, Prefetch, pinned
 class GpuDevice:
     """CuPy arrays, Numba CUDA kernels and an NCCL / CUDA-aware MPI / host exchange.
 
-    The same methods as ``device.CpuDevice``. Constructing it is collective: every rank
+    The same methods as ``devices.cpu.CpuDevice``. Constructing it is collective: every rank
     binds its GPU, the ranks agree on the exchange, and NCCL (if chosen) is set up.
     Computation runs on CuPy's current stream, which is Numba's default stream too.
     """

@@ -65,7 +65,9 @@ def model_description(model, dtype) -> dict:
     desc = describe() if describe is not None else {
         "kind": model.kind, "loss": model.loss,
         "layers": [[l.n_in, l.n_out, l.activation] for l in model.layers]}
-    return {**desc, "dtype": np.dtype(dtype).name, "size": int(model.size)}
+    # As JSON gives it back (tuples become lists), so a resume compares like with like.
+    return json.loads(json.dumps(_plain({**desc, "dtype": np.dtype(dtype).name,
+                                         "size": int(model.size)})))
 
 
 def save_checkpoint(folder, state: CheckpointState, *, keep: int, note=print_note) -> Path:

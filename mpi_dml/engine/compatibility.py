@@ -6,12 +6,8 @@ sequence of batches is refused with one message naming the setting; any other ch
 """
 from __future__ import annotations
 
-from ..config import TrainConfig
+from ..config import DEFAULTS
 from ..errors import UserError
-
-# A setting newer than a checkpoint, at its default, changes nothing.
-_DEFAULTS = TrainConfig().to_dict()
-
 
 # These settings fix which rows form each batch and in what order; resuming under
 # other values would silently train on a different sequence than the one started.
@@ -80,8 +76,11 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
     if bool(old_c.get("val_data")) != bool(new_c["val_data"]):
         refuse("with" + ("" if old_c.get("val_data") else "out") + " --val-data",
                "has" + ("" if new_c["val_data"] else " none"), batch_hint)
-    epoch = state.counters.get("epoch")
-    if epoch is not None and epoch >= new_c["epochs"]:
+    # A checkpoint after the last step of epoch e stands at (e + 1, 0): at the end of
+    # training when e + 1 == epochs, which resumes to writing the model. Only a
+    # position inside an epoch beyond --epochs cannot be continued.
+    epoch, step = state.counters.get("epoch"), state.counters.get("step_in_epoch", 0)
+    if epoch is not None and (epoch > new_c["epochs"] or (epoch == new_c["epochs"] and step)):
         raise UserError(f"Checkpoint {path} is in epoch {epoch + 1}, past --epochs "
                         f"{new_c['epochs']}: raise --epochs to at least {epoch + 1}, "
                         f"or resume from an earlier checkpoint")
@@ -93,7 +92,7 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
             continue  # how this run is carried out, not what it computes
         if key not in old_c:
             # A setting newer than the checkpoint, at its default, changes nothing.
-            if value != _DEFAULTS.get(key):
+            if value != DEFAULTS.get(key):
                 notes.append(f"{key} is {_show(value)} (not recorded in the checkpoint)")
         elif old_c[key] != value:
             notes.append(f"{key} changed from {_show(old_c[key])} to {_show(value)} since the checkpoint")

@@ -32,16 +32,14 @@ from .. import __version__
 from ..algorithms import make_algorithm
 from ..algorithms.base import Batch
 from ..config import parse_interval
-from ..data import sharding
 from ..data.standardize import scaled, standardization
 from ..data.training import load_training
 from ..devices import select_device
-from ..errors import AgreedError, Preempted, TrainingFailed
+from ..errors import AgreedError, Preempted, TrainingFailed, UserError
 from ..io.model_files import save_model
 from ..models import build_model
 from ..parallel import consistency
 from ..parallel.comm import mpi_library
-from ..parallel.preemption import StopRequest, root_link
 from ..parallel.threads import apply_threads, threads_per_rank
 from ..parallel.watchdog import Watchdog
 from . import resume
@@ -49,6 +47,7 @@ from .checkpoint import CheckpointState, model_description
 from .checkpoint_folder import resolve_resume
 from .metrics import finite_or_null, split_metrics
 from .progress import Progress
+from .rounds import NoStop, Period, RowSource, stop_signals, watching
 from .run_folder import PREEMPTED_MARK, RunFolder, check_out_dir
 
 # Trailing slots of the buffer that ride along in its Allreduce, so the ranks agree on
@@ -90,9 +89,8 @@ class Engine:
             # over another run's checkpoints is refused, and so is a --resume that
             # finds none.
             comm.agreed_on_root(resolve_resume, cfg.resume, cfg.out)
-            if comm.is_root:
-                # Removed before this run can be stopped, so its own marker never is.
-                self.folder.forget_stop()
+            # Removed before this run can be stopped, so its own marker never is.
+            self._write("the stop marker", self.folder.forget_stop)
         if self.process:
             apply_threads(threads_per_rank(cfg.threads, comm.ranks_sharing_cpus))
         # Stop signals are caught from here on. One that comes before this process's
@@ -111,9 +109,10 @@ class Engine:
                 with self._watchdog():
                     final = self._run(data, resumed)
                 self.params = dev.to_host(self.algorithm.arrays()["params"]).copy()
-                if comm.is_root and self.folder is not None:
-                    save_model(cfg.out, self.model, self.params,
-                               self.meta(data, finite_or_null(final)), self.scale)
+                if self.folder is not None:
+                    self._write("the model", lambda: save_model(
+                        cfg.out, self.model, self.params,
+                        self.meta(data, finite_or_null(final)), self.scale))
             except AgreedError:
                 dev.close()  # every rank is here: a collective teardown (NCCL) is safe
                 raise
@@ -150,8 +149,8 @@ class Engine:
 
     def _stop_signals(self):
         if not self.process:
-            return contextlib.nullcontext(_NoStop())
-        return _StopSignals(self)
+            return contextlib.nullcontext(NoStop())
+        return stop_signals(self)
 
     def _watchdog(self):
         if not self.cfg.stall_timeout or self.comm.size == 1:
@@ -162,7 +161,7 @@ class Engine:
                       "several threads (MPI_THREAD_MULTIPLE); on Cray MPICH set "
                       "MPICH_MAX_THREAD_SAFETY=multiple", file=sys.stderr)
             return contextlib.nullcontext()
-        return _watching(self.comm, Watchdog(self.comm, self.cfg.stall_timeout))
+        return watching(self.comm, Watchdog(self.comm, self.cfg.stall_timeout))
 
     # --- the loop ---------------------------------------------------------------------
     def _run(self, data, resumed) -> dict:
@@ -179,16 +178,16 @@ class Engine:
         self.stepping = False  # until the first round's Allreduce (StopRequest.steps_begin)
         ranks = comm.allgather({"rank": comm.rank, "host": comm.host, "pid": os.getpid()},
                                what="rank map")
-        if comm.is_root and self.folder is not None:
-            self.folder.start(ranks, self.history)
-        self._rows = _RowSource(self, data)
-        period = _Period(carried)
+        if self.folder is not None:
+            self._write("ranks.json and metrics.jsonl", self.folder.start, ranks, self.history)
+        self._rows = RowSource(self, data)
+        period = Period(carried)
         record = self.history[-1] if self.history else {}
         while (request := algo.next_request()) is not None:
             flags = self._round(request, period)
             if algo.period_ended(request):
                 record = self._finish_period(request.period, period, data)
-                period = _Period({"stats": None, "skipped": 0})
+                period = Period({"stats": None, "skipped": 0})
             self._maybe_checkpoint(flags, period)
         # No round left to run (a run resumed after the last one): a signal from here
         # on waits for a round that never comes, and the model is written as usual.
@@ -251,8 +250,8 @@ class Engine:
             record["skipped_steps"] = period.skipped
         record = finite_or_null(record)
         self.history.append(record)
-        if comm.is_root and self.folder is not None:
-            self.folder.write_metrics(self.history)
+        if self.folder is not None:
+            self._write("metrics.jsonl", self.folder.write_metrics, self.history)
         self.progress.period(index, record)
         return record
 
@@ -322,11 +321,23 @@ class Engine:
                             lambda: self._state(carried))
         self.last_checkpoint = time.monotonic()
         if stop:
-            if self.comm.is_root:
-                self.folder.mark_stopped(str(path))
+            self._write("the stop marker", self.folder.mark_stopped, str(path))
             raise Preempted(f"stopped on {self._signal_name()} after step {self.step}; checkpoint "
                             f"{path if path else 'written'}. Run again with --resume to "
                             f"continue.")
+
+    def _write(self, what: str, write, *args):
+        """Collective: rank 0 writes into --out; a failure there (a full disk, a folder
+        where a file goes) stops every rank with one message instead of leaving the
+        others waiting for rank 0 in the next collective."""
+        def on_root():
+            try:
+                write(*args)
+            except OSError as exc:
+                raise UserError(f"cannot write {what} in {self.cfg.out}: "
+                                f"{exc.strerror or exc}") from None
+
+        self.comm.agreed_on_root(on_root)
 
     def _signal_name(self) -> str:
         return self.stop.requested or "SIGTERM or SIGUSR1 (sent to another rank)"
@@ -394,108 +405,3 @@ class Engine:
                          "numba": numba.__version__, **{"mpi": mpi_library()}},
         }
 
-
-class _RowSource:
-    """This rank's rows for a request, and how many rows take part over all ranks.
-
-    Batches of one epoch come from one device generator (the GPU prefetches the next
-    batch while a step computes); it is started again when a request does not follow
-    on from the last.
-    """
-
-    def __init__(self, engine, data):
-        self.engine, self.data = engine, data
-        self._plan = self._batches = self._all = None
-        self._next = None
-
-    def get(self, request):
-        if isinstance(request, Batch):
-            return self._batch(request)
-        if self._all is None:  # every row of the rank, moved to the device once
-            eng = self.engine
-            self._all = (eng.dev.from_host(eng.x), eng.dev.from_host(eng.y))
-        return self._all, self.data.n_train
-
-    def _batch(self, request):
-        eng, data = self.engine, self.data
-        if self._next != (request.epoch, request.step):
-            self._plan = sharding.EpochPlan(data.shard_sizes, data.local_shards,
-                                            seed=request.seed, epoch=request.epoch,
-                                            batch_size=request.batch_size)
-            self._batches = eng.dev.batches(eng.x, eng.y, self._plan, request.step,
-                                            request.steps)
-        self._next = (request.epoch, request.step + 1)
-        return next(self._batches), self._plan.global_count(request.step)
-
-
-class _Period:
-    """Statistics of the rounds of one period on this rank, and its timings."""
-
-    def __init__(self, carried: dict):
-        self.carried = carried["stats"]  # already summed over ranks, from a checkpoint
-        self.skipped = int(carried["skipped"])  # the same on every rank
-        self.stats = None
-        self.rows = 0
-        self.start = time.perf_counter()
-        self._times = np.zeros(3)  # compute, comm, data
-
-    def add(self, stats):
-        stats = np.asarray(stats, dtype=np.float64)
-        self.stats = stats.copy() if self.stats is None else self.stats + stats
-
-    def time(self, *, data, compute, comm, rows):
-        self._times += (compute, comm, data)
-        self.rows += rows
-
-    def totals(self, comm) -> np.ndarray:
-        """Collective: the period's statistics over every rank, carried ones included."""
-        width = comm.allreduce_int(0 if self.stats is None else len(self.stats), op="max")
-        width = max(width, len(self.carried or ()))
-        mine = np.zeros(width)
-        if self.stats is not None:
-            mine[:len(self.stats)] = self.stats
-        total = comm.allreduce_(mine, what="epoch sums")
-        if self.carried:
-            total[:len(self.carried)] += np.asarray(self.carried)
-        return total
-
-    def times(self) -> np.ndarray:
-        return np.array([time.perf_counter() - self.start, *self._times])
-
-
-class _NoStop:
-    """Stands in for the signal watch when the engine does not own the process."""
-
-    requested = None
-
-    def steps_begin(self):
-        pass
-
-
-@contextlib.contextmanager
-def _StopSignals(engine):
-    comm = engine.comm
-    with root_link(comm) as link:
-        engine.link = link
-        heard = link.heard if link is not None and comm.is_root else None
-        with StopRequest(engine.cfg.grace, comm.abort_from_thread,
-                         stop_early=engine.stop_early, heard=heard) as stop:
-            yield stop
-
-
-@contextlib.contextmanager
-def _watching(comm, watchdog):
-    """Run ``watchdog`` and let ``comm`` report to it; collective on entry and exit."""
-    watchdog.start()
-    comm.watchdog = watchdog
-    try:
-        yield watchdog
-    except AgreedError:
-        comm.watchdog = None
-        watchdog.stop()  # every rank raised it at the same point: still collective
-        raise
-    except BaseException:
-        comm.watchdog = None  # one rank's crash: the abort hook ends the job
-        raise
-    comm.watchdog = None
-    watchdog.stop()

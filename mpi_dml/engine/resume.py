@@ -54,8 +54,9 @@ def find_and_read(cfg, comm) -> Resumed | None:
     if comm.is_root:
         header = {"step": state.step, "counters": dict(state.counters),
                   "period": dict(state.period), "standardize": state.standardize}
-        where = state.counters.get("epoch")
-        at = f", in epoch {where + 1}" if where is not None else ""
+        epoch, step = state.counters.get("epoch"), state.counters.get("step_in_epoch", 0)
+        at = ("" if epoch is None else f", in epoch {epoch + 1}" if step
+              else f", after epoch {epoch}")
         print(f"mpi_dml: resuming from {path}: {state.step} steps done{at}", file=sys.stderr)
     return Resumed(path, comm.bcast_obj(header, what="checkpoint header"), state)
 
