@@ -112,6 +112,17 @@ class _Probabilities:
         return np.log(self.predict_proba(X))
 
 
+class _MLP:
+    """What both MLPs share: the model kind, and each layer's weights shown."""
+
+    def _model_kind(self, n_classes):
+        return "mlp"
+
+    def _expose(self, layers):
+        self.coefs_ = [w for w, _ in layers]
+        self.intercepts_ = [b for _, b in layers]
+
+
 class _Regressor(RegressorMixin, DataParallelEstimator):
     _task = "regression"
 
@@ -341,7 +352,7 @@ class LinearSVC(_Classifier):
         self.coef_, self.intercept_ = _linear_binary(layers, self.classes_)
 
 
-class MLPClassifier(_Probabilities, _Classifier):
+class MLPClassifier(_MLP, _Probabilities, _Classifier):
     __doc__ = _doc(
         "Multi-layer perceptron classifier over MPI ranks (model \"mlp\"): dense\n"
         "    hidden layers, then a softmax over the classes (two outputs for two).",
@@ -361,15 +372,8 @@ class MLPClassifier(_Probabilities, _Classifier):
                  shards=1024, device="cpu", verbose=False, comm=None):
         _keep(self, locals())
 
-    def _model_kind(self, n_classes):
-        return "mlp"
 
-    def _expose(self, layers):
-        self.coefs_ = [w for w, _ in layers]
-        self.intercepts_ = [b for _, b in layers]
-
-
-class MLPRegressor(_Regressor):
+class MLPRegressor(_MLP, _Regressor):
     __doc__ = _doc(
         "Multi-layer perceptron regressor over MPI ranks (model \"mlp\", squared loss,\n"
         "    one target).", _MLP_PARAMS, """
@@ -385,10 +389,3 @@ class MLPRegressor(_Regressor):
                  random_state=None, schedule="constant", warmup_steps=0, standardize=True,
                  shards=1024, device="cpu", verbose=False, comm=None):
         _keep(self, locals())
-
-    def _model_kind(self, n_classes):
-        return "mlp"
-
-    def _expose(self, layers):
-        self.coefs_ = [w for w, _ in layers]
-        self.intercepts_ = [b for _, b in layers]

@@ -55,14 +55,19 @@ class Period:
         self.stats = None
         self.rows = 0
         self.start = time.perf_counter()
-        self._times = np.zeros(3)  # compute, comm, data
+        self._compute = self._comm = self._data = 0.0  # seconds, plain floats
 
     def add(self, stats):
-        stats = np.asarray(stats, dtype=np.float64)
-        self.stats = stats.copy() if self.stats is None else self.stats + stats
+        # Summed in place: this runs once a step.
+        if self.stats is None:
+            self.stats = np.array(stats, dtype=np.float64)
+        else:
+            self.stats += stats
 
     def time(self, *, data, compute, comm, rows):
-        self._times += (compute, comm, data)
+        self._compute += compute
+        self._comm += comm
+        self._data += data
         self.rows += rows
 
     def totals(self, comm) -> np.ndarray:
@@ -78,7 +83,8 @@ class Period:
         return total
 
     def times(self) -> np.ndarray:
-        return np.array([time.perf_counter() - self.start, *self._times])
+        return np.array([time.perf_counter() - self.start, self._compute, self._comm,
+                         self._data])
 
 
 class NoStop:
