@@ -39,6 +39,15 @@ setup(
         # Its bundled datasets also feed the examples. 1.6 brought validate_data and
         # the tags the estimators declare.
         "scikit-learn>=1.6",
+        # The reference reader of Parquet, kept by the Arrow project: it reads a file's
+        # footer, chosen row groups and chosen columns, which is what lets each rank
+        # read only its own rows, and it follows the format's encodings and codecs as
+        # they grow. 14 is a recent floor whose ParquetFile reads row groups in batches.
+        "pyarrow>=14",
+        # The well-kept Python binding of the HDF5 library: hyperslab reads of chunked
+        # and compressed datasets, with no MPI build of HDF5 needed. 3.5 brought the
+        # `locking` switch that parallel file systems without file locks need.
+        "h5py>=3.5",
         "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require={

@@ -25,6 +25,7 @@ from .algorithms.optimizers import OPTIMIZERS
 from .algorithms.schedules import SCHEDULES
 from .devices import DEVICES
 from .devices.gpu_exchange import EXCHANGES as GPU_EXCHANGES
+from .data.formats.files import FORMAT_CHOICES
 from .errors import UserError
 from .models import HIDDEN_ACTIVATIONS, MODELS, TASKS, default_task
 
@@ -57,8 +58,12 @@ _CLASS_COUNT = (lambda c: c.model not in ("logistic", "svm") and c.is_classifier
 class DatasetSettings:
     """Where the rows come from and which columns are what."""
 
-    data: str = setting("", "training data: CSV with a header row, .npy or .npz")
+    data: str = setting("", "training data: a CSV (header row), .npy, .npz, .parquet or "
+                                ".h5/.hdf5 file, a folder of them, or a glob")
     val_data: str = setting("", "held-out data in the same format")
+    format: str = setting("auto", "format of --data and --val-data: auto (from the suffix: "
+                                  ".npy, .npz, .parquet, .h5/.hdf5, else CSV), csv, npy, "
+                                  "npz, parquet or hdf5")
     val_fraction: float = setting(0.0, "hold out this fraction of --data (whole shards)")
     label_column: str = setting("", "name of the label column")
     features: tuple = setting((), "feature columns by name, e.g. age,income (default: every "
@@ -71,6 +76,7 @@ class DatasetSettings:
             for name in ("data", "label_column"):
                 _check(getattr(self, name) != "", name, "be given",
                        getattr(self, name) or "nothing")
+        _choice(self, "format", FORMAT_CHOICES)
         _check(0 <= self.val_fraction < 1, "val_fraction", "be in [0, 1)", self.val_fraction)
         _check(not (self.val_fraction and self.val_data), "val_fraction",
                "not be combined with val_data", self.val_fraction)

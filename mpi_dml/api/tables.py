@@ -12,8 +12,8 @@
 The rows are split as ``data.sharding.chunk`` splits them: contiguous, in file order,
 the first ``n_rows % size`` ranks holding one more. Every rank reads only the bytes of
 its own rows (CSV byte ranges, memory-mapped ``.npy``, ``.npz`` members mapped or
-streamed); no rank ever holds the whole file. Concatenating every rank's ``values`` in
-rank order gives the file.
+streamed, Parquet row groups, HDF5 hyperslabs); no rank ever holds the whole file.
+Concatenating every rank's ``values`` in rank order gives the file.
 """
 from __future__ import annotations
 
@@ -63,8 +63,9 @@ class TableRows:
                 f" of {self.n_rows}, {len(self.columns)} columns)")
 
 
-def read_table(path, comm=None, *, columns=None) -> TableRows:
-    """Read this rank's rows of ``path`` (CSV with a header row, ``.npy`` or ``.npz``).
+def read_table(path, comm=None, *, columns=None, format=None) -> TableRows:
+    """Read this rank's rows of ``path``: a CSV file with a header row, an ``.npy``,
+    ``.npz``, Parquet or HDF5 file, or a folder or glob of such files read as one table.
 
     Collective: every rank of ``comm`` (an mpi4py communicator; None: every rank of
     the job) calls it with the same arguments. A problem with the file or with
@@ -78,7 +79,10 @@ def read_table(path, comm=None, *, columns=None) -> TableRows:
         Names of the columns to read, in the order wanted (every column when None).
         A plain 2-D ``.npy`` names its columns "0", "1", ...; an ``.npz`` offers the
         columns of its 2-D array (``feature_names``, or "x0", "x1", ...) and then its
-        1-D arrays by key.
+        1-D arrays by key, and an HDF5 file its datasets likewise.
+    format : str or None
+        "csv", "npy", "npz", "parquet" or "hdf5"; None or "auto" to go by the suffix
+        (``.npy``, ``.npz``, ``.parquet``, ``.h5``, ``.hdf5``; anything else is CSV).
 
     Returns
     -------
@@ -91,7 +95,7 @@ def read_table(path, comm=None, *, columns=None) -> TableRows:
     comm = world(comm)
     wanted = comm.agreed(_column_names, columns)
     path = os.fspath(path)
-    table = open_table(path, comm)
+    table = open_table(path, comm, format)
     indices = comm.agreed(_column_indices, table, wanted)
     lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
     values = table.read(lo, hi, indices)

@@ -31,14 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="folder written by train")
     ev.add_argument("--data", required=True)
     ev.add_argument("--label-column", default=None, help="default: the one used in training")
+    _add_format_argument(ev)
 
     pr = sub.add_parser("predict", help="write one prediction per input row")
     pr.add_argument("--model", required=True, help="folder written by train")
     pr.add_argument("--data", required=True)
     pr.add_argument("--output", required=True, help="CSV file to write")
+    _add_format_argument(pr)
 
     sub.add_parser("info", help="report MPI, ranks, threads and GPU availability")
     return parser
+
+
+def _add_format_argument(parser: argparse.ArgumentParser):
+    from ..data.formats.files import FORMAT_CHOICES
+    parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
+                        help="format of --data: auto (from the suffix: .npy, .npz, .parquet, "
+                             ".h5/.hdf5, else CSV), csv, npy, npz, parquet or hdf5")
 
 
 class _RootParser(argparse.ArgumentParser):

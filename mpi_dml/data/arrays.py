@@ -59,7 +59,7 @@ class ArrayTable(Table):
         rank = next(r for r, (a, b) in enumerate(self._held) if a <= row < b)
         return f"{self.path}: row {row - self._held[rank][0]} of rank {rank}"
 
-    def _read(self, lo, hi, ranges, cols):
+    def _prepare(self, lo, hi, ranges, cols):
         start, stop = self._held[self.comm.rank]
         send_rows, parts = [], []
         for r_lo, r_hi in ranges:  # what each rank asks for that this rank holds
@@ -69,8 +69,11 @@ class ArrayTable(Table):
                 parts.append(self._columns(a - start, b - start, cols))
         send = np.concatenate(parts) if parts else np.empty((0, len(cols)))
         recv_rows = [max(min(hi, b) - max(lo, a), 0) for a, b in self._held]
-        out = self._new_block(lo, hi, len(cols))
+        out = np.empty((hi - lo, len(cols)))
         return self.comm.alltoallv_rows(send, send_rows, out, recv_rows, what="rows")
+
+    def _blocks(self, lo, hi, cols, state, max_rows):
+        yield state  # the rows came in one exchange, in ``_prepare``
 
     def _columns(self, a: int, b: int, cols) -> np.ndarray:
         label = len(self.columns) - 1

@@ -19,23 +19,55 @@ class Split:
     y: np.ndarray
 
 
-def split_block(block, table, first_row, classification, names, has_label=True) -> Split:
-    """Split the label (the block's last column) from the features; reject NaN/Inf
-    features and bad labels.
+def read_split(table, lo, hi, features, label_at, *, dtype=np.float64, classification=False,
+               names=None) -> Split:
+    """Collective: global rows ``lo .. hi-1`` of ``table`` as features (``dtype``) and
+    labels (float64), checked.
 
-    ``names`` are the feature columns' names, for messages. Without ``has_label`` the
-    block holds features only (predict); the labels are then zeros.
+    The rows are read a bounded block at a time straight into the two arrays, so a
+    rank holds its rows once, in the training dtype, plus one block. Without a
+    ``label_at`` (predict) the labels are zeros. ``names`` are the features' names,
+    for messages. Every failure is agreed: one message on every rank.
     """
+    columns = list(features) + ([] if label_at is None else [label_at])
+    rows = table.rows(lo, hi, columns)
+    names = names if names is not None else [table.columns[c] for c in features]
+    return table.comm.agreed(_fill_split, rows, table, np.dtype(dtype), classification, names,
+                             label_at is not None)
+
+
+def _fill_split(rows, table, dtype, classification, names, has_label) -> Split:
+    n_features = len(rows.cols) - has_label
+    x = np.empty((len(rows), n_features), dtype=dtype)
+    y = np.zeros(len(rows))
+    for first, block in rows.blocks():
+        at = slice(first - rows.lo, first - rows.lo + len(block))
+        check_block(block, table, first, classification, names, has_label)
+        with np.errstate(over="ignore"):
+            x[at] = block[:, :n_features]
+        if has_label:
+            y[at] = block[:, -1]
+        if dtype != np.float64 and not np.isfinite(x[at]).all():
+            r, c = np.argwhere(~np.isfinite(x[at]))[0]
+            raise UserError(f"{table.where(first + r)}: feature column '{names[c]}' holds "
+                            f"{block[r, c]:g}, which is too large for --dtype {dtype.name}; "
+                            f"scale it or use --dtype float64")
+    return Split(x, y)
+
+
+def check_block(block, table, first_row, classification, names, has_label=True):
+    """Reject NaN/Inf features and bad labels in a block of rows whose last column is
+    the label (when ``has_label``); ``names`` are the feature columns' names."""
+    x = block[:, :-1] if has_label else block
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise UserError(f"{table.where(first_row + r)}: feature column '{names[c]}' is "
+                            f"{x[r, c]}; features must be finite numbers")
     if not has_label:
-        x, y = np.ascontiguousarray(block), np.zeros(block.shape[0])
-    else:
-        y = block[:, -1].copy()
-        x = np.ascontiguousarray(block[:, :-1])
-    bad = ~np.isfinite(x)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise UserError(f"{table.where(first_row + r)}: feature column '{names[c]}' is {x[r, c]}; "
-                        f"features must be finite numbers")
+        return
+    y = block[:, -1].astype(np.float64, copy=False)
     if not np.isfinite(y).all():
         r = int(np.flatnonzero(~np.isfinite(y))[0])
         raise UserError(f"{table.where(first_row + r)}: label is {y[r]}; labels must be finite")
@@ -45,7 +77,6 @@ def split_block(block, table, first_row, classification, names, has_label=True) 
             r = int(np.flatnonzero(frac)[0])
             raise UserError(f"{table.where(first_row + r)}: class label {y[r]:g} is not an "
                             f"integer >= 0; classes must be numbered 0, 1, 2, ...")
-    return Split(x, y)
 
 
 def check_class_range(split: Split, n_classes: int, table, first_row: int, model: str):

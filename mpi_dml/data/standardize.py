@@ -17,12 +17,15 @@ def standardization(x: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
     """
     d = x.shape[1]
     acc = np.zeros(d + 1)
-    acc[:d] = x.sum(axis=0)
+    for part in _parts(x):
+        acc[:d] += part.sum(axis=0, dtype=np.float64)
     acc[d] = x.shape[0]
     comm.allreduce_(acc)
     n = max(acc[d], 1.0)
     mean = acc[:d] / n
-    sq = ((x - mean) ** 2).sum(axis=0)
+    sq = np.zeros(d)
+    for part in _parts(x):
+        sq += ((part - mean) ** 2).sum(axis=0)
     comm.allreduce_(sq)
     var = sq / n
     std = np.sqrt(var)
@@ -44,10 +47,30 @@ def negligible_spread(var: np.ndarray, mean: np.ndarray, n: float) -> np.ndarray
 
 
 
-def scaled(x, dtype, standardize, *, xp=np):
+# Rows standardized at a time: the float64 temporaries stay small next to the rows.
+_PART_ROWS = 1 << 13
+
+
+def _parts(x):
+    for a in range(0, x.shape[0], _PART_ROWS):
+        yield x[a:a + _PART_ROWS]
+
+
+def scaled(x, dtype, standardize, *, xp=np, in_place=False):
     """Features as the model takes them: standardized (in float64), then cast, on the
-    host; then moved to ``xp``'s device (no copy for numpy)."""
-    if standardize is not None:
-        x = (x - standardize[0]) / standardize[1]
-    return xp.asarray(np.ascontiguousarray(x, dtype=dtype))
+    host; then moved to ``xp``'s device (no copy for numpy).
+
+    ``in_place``: ``x`` may be overwritten, so rows already in ``dtype`` are scaled
+    where they lie and a rank never holds them twice.
+    """
+    x = np.asarray(x)
+    dtype = np.dtype(dtype)
+    if standardize is None:
+        return xp.asarray(np.ascontiguousarray(x, dtype=dtype))
+    reuse = in_place and x.dtype == dtype and x.flags.c_contiguous and x.flags.writeable
+    out = x if reuse else np.empty(x.shape, dtype=dtype)
+    mean, std = standardize
+    for a in range(0, x.shape[0], _PART_ROWS):
+        out[a:a + _PART_ROWS] = (x[a:a + _PART_ROWS] - mean) / std
+    return xp.asarray(out)
 

@@ -15,7 +15,7 @@ from ..errors import UserError
 from . import sharding
 from .columns import choose_columns, unused_note
 from .formats import open_table
-from .labels import Split, check_class_range, infer_classes, split_block
+from .labels import Split, check_class_range, infer_classes, read_split
 
 
 @dataclass
@@ -36,7 +36,7 @@ def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
     The rows come from ``cfg.data`` (and ``cfg.val_data``), or from ``table`` (and
     ``val_table``): any ``Table``, such as rows already in memory (``arrays``).
     """
-    table = table if table is not None else open_table(cfg.data, comm)
+    table = table if table is not None else open_table(cfg.data, comm, cfg.format)
     comm.agreed(_require_rows, table)
     n_shards = min(cfg.shards, table.n_rows)
     bounds = sharding.shard_bounds(table.n_rows, n_shards)
@@ -48,8 +48,8 @@ def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
     note = unused_note(table.path, unused)
     if note and comm.is_root:
         print(f"mpi_dml: note: {note}", file=sys.stderr)
-    rows = comm.agreed(split_block, table.read(lo, hi, features + [label_at]), table, lo,
-                       cfg.is_classifier, names)
+    rows = read_split(table, lo, hi, features, label_at, dtype=cfg.dtype,
+                      classification=cfg.is_classifier, names=names)
 
     n_classes = 0
     if cfg.is_classifier:
@@ -67,25 +67,52 @@ def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
     mine = np.arange(s0, s1)
     train, val = rows, None
     if cfg.val_fraction > 0:  # every rank gets a (possibly empty) validation split
-        take_train = np.repeat(~held_out[mine], sizes[mine])
-        train = Split(rows.x[take_train], rows.y[take_train])
-        val = Split(rows.x[~take_train], rows.y[~take_train])
-    del rows  # a rank's rows are the largest thing it holds: keep one copy at a time
+        train, val = split_off_validation(rows, held_out[mine], sizes[mine])
+    del rows
     n_val = table.n_rows - int(shard_sizes.sum()) if val is not None else 0
 
     if cfg.val_data or val_table is not None:
-        val_table = val_table if val_table is not None else open_table(cfg.val_data, comm)
+        if val_table is None:
+            val_table = open_table(cfg.val_data, comm, cfg.format)
         comm.agreed(_require_rows, val_table)
         val_columns = comm.agreed(_same_features, val_table, names, cfg.label_column,
                                   table.path)
         vlo, vhi = sharding.chunk(val_table.n_rows, comm.rank, comm.size)
-        val = comm.agreed(split_block, val_table.read(vlo, vhi, val_columns), val_table, vlo,
-                          cfg.is_classifier, names)
+        val = read_split(val_table, vlo, vhi, val_columns[:-1], val_columns[-1],
+                         dtype=cfg.dtype, classification=cfg.is_classifier, names=names)
         if cfg.is_classifier:
             comm.agreed(check_class_range, val, n_classes, val_table, vlo, cfg.model)
         n_val = val_table.n_rows
     return TrainingData(train, val, names, n_classes, shard_sizes,
                         mine[~held_out[mine]], int(shard_sizes.sum()), n_val)
+
+
+# Rows moved at a time when the training rows close ranks in place.
+_MOVE_ROWS = 1 << 14
+
+
+def split_off_validation(rows: Split, held_out: np.ndarray, sizes: np.ndarray):
+    """(training rows, validation rows) of a rank whose shards have ``sizes`` and are
+    held out where ``held_out``.
+
+    The validation rows (a small fraction) are copied out; the training rows then
+    close ranks in place at the front of the same arrays, a bounded run at a time, so
+    a rank never holds its rows twice.
+    """
+    take_train = np.repeat(~held_out, sizes)
+    val = Split(rows.x[~take_train], rows.y[~take_train])
+    x, y = rows.x, rows.y
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    to = 0
+    for shard in np.flatnonzero(~held_out):
+        a, b = int(starts[shard]), int(starts[shard + 1])
+        if a != to:  # moving rows towards the front: each run lands before it starts
+            for s in range(a, b, _MOVE_ROWS):
+                e = min(s + _MOVE_ROWS, b)
+                x[to + s - a:to + e - a] = x[s:e]
+                y[to + s - a:to + e - a] = y[s:e]
+        to += b - a
+    return Split(x[:to], y[:to]), val
 
 
 def _require_rows(table):

@@ -143,7 +143,7 @@ class Engine:
             self.scale = resumed.standardize  # as first computed: bit-identical batches
         else:
             self.scale = standardization(data.train.x, comm) if cfg.standardize else None
-        self.x = scaled(data.train.x, dtype, self.scale)
+        self.x = scaled(data.train.x, dtype, self.scale, in_place=True)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
         self.y = model.labels(data.train.y, dtype)
 

@@ -1,4 +1,6 @@
-"""Partitioned readers for tables stored as CSV, ``.npy`` or ``.npz`` files.
+"""Partitioned readers for tables stored as CSV, ``.npy``, ``.npz``, Parquet or HDF5
+files, one file or many read as one table (a folder, or a glob such as
+``data/part-*.parquet``; see ``files``).
 
 Every rank reads only its own part of a file; no rank ever holds the whole dataset.
 Opening and reading are both collectives:
@@ -20,6 +22,11 @@ How each format is split:
 * ``.npz``: members stored uncompressed (``np.savez``) are memory-mapped at their data
   offset inside the zip; compressed members (``np.savez_compressed``) are decompressed
   as a stream, keeping only the wanted rows.
+* Parquet (through pyarrow): a rank reads only the row groups that hold its rows, and
+  only the columns asked for.
+* HDF5 (through h5py, no MPI build needed): each rank reads its own hyperslab of ``X``
+  and of the 1-D datasets, a block at a time.
+* Many files: the rows of each file in turn; a rank reads only the files its rows are in.
 
 Anything that can fail on some ranks only (a bad cell, an unreadable file) runs under
 ``Comm.agreed`` before the next collective, so one failing rank never leaves the others
@@ -31,17 +38,30 @@ import os
 
 from .base import Table
 from .csv_table import CsvTable
+from .files import FORMAT_CHOICES, FORMATS, ConcatTable, open_files
 from .numpy_tables import NpyTable, NpzTable
 
-__all__ = ["open_table", "Table", "CsvTable", "NpyTable", "NpzTable"]
+__all__ = ["open_table", "Table", "CsvTable", "NpyTable", "NpzTable", "ParquetTable",
+           "Hdf5Table", "ConcatTable", "FORMATS", "FORMAT_CHOICES"]
 
 
-def open_table(path, comm) -> "Table":
+def open_table(path, comm, fmt: str | None = None) -> Table:
     """Collective: open a table, learning its columns and global row count.
 
-    ``.npy`` and ``.npz`` files are read as NumPy arrays; anything else is read as CSV.
+    ``path`` is a file, a folder or a glob. ``fmt`` is one of ``FORMATS`` (csv, npy,
+    npz, parquet, hdf5), or None or "auto" to go by the suffix: ``.npy``, ``.npz``,
+    ``.parquet``, ``.h5`` and ``.hdf5`` name their formats, and any other file is read
+    as CSV. A folder or glob takes the format of its files.
     """
-    path = os.fspath(path)
-    suffix = os.path.splitext(path)[1].lower()
-    cls = {".npy": NpyTable, ".npz": NpzTable}.get(suffix, CsvTable)
-    return cls.open(path, comm)
+    return open_files(os.fspath(path), comm, fmt)
+
+
+def __getattr__(name):
+    # pyarrow and h5py load when a file of theirs is opened, not with this package.
+    if name == "ParquetTable":
+        from .parquet_table import ParquetTable
+        return ParquetTable
+    if name == "Hdf5Table":
+        from .hdf5_table import Hdf5Table
+        return Hdf5Table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

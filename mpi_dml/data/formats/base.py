@@ -35,9 +35,19 @@ class Table:
     def open(cls, path: str, comm) -> "Table":
         raise NotImplementedError
 
-    def read(self, lo: int, hi: int, columns=None) -> np.ndarray:
-        """Collective: global rows ``lo .. hi-1`` as float64, of every column or of the
-        column indices ``columns``, in that order."""
+    def read(self, lo: int, hi: int, columns=None, dtype=np.float64) -> np.ndarray:
+        """Collective: global rows ``lo .. hi-1`` of every column or of the column
+        indices ``columns``, in that order, as one C-contiguous array of ``dtype``."""
+        rows = self.rows(lo, hi, columns)
+        return self.comm.agreed(rows.gather, dtype)
+
+    def rows(self, lo: int, hi: int, columns=None) -> "Rows":
+        """Collective: get ready to read global rows ``lo .. hi-1`` of ``columns``.
+
+        Whatever needs the other ranks (CSV's line offsets, rows held by other ranks)
+        happens here; reading the returned ``Rows`` block by block is local, so a
+        caller can parse, check and convert a bounded block at a time.
+        """
         lo, hi = operator.index(lo), operator.index(hi)
         cols = list(range(len(self.columns))) if columns is None else [operator.index(c) for c in columns]
         if any(not 0 <= c < len(self.columns) for c in cols):
@@ -51,14 +61,18 @@ class Table:
                     f"rank {rank} asked for rows [{r_lo}, {r_hi}) of {self.path}, "
                     f"which has {self.n_rows} rows"
                 )
-        return self._read(lo, hi, ranges, cols)
+        return Rows(self, lo, hi, cols, self._prepare(lo, hi, ranges, cols))
 
-    def _read(self, lo: int, hi: int, ranges: list, cols: list[int]) -> np.ndarray:
+    # --- what a format provides -------------------------------------------------------
+    def _prepare(self, lo: int, hi: int, ranges: list, cols: list[int]):
+        """Collective: whatever reading ``[lo, hi)`` needs from other ranks, given every
+        rank's range. Runs on every rank; its result is passed to ``_blocks``."""
+        return None
+
+    def _blocks(self, lo: int, hi: int, cols: list[int], state, max_rows: int):
+        """Local: yield rows ``lo .. hi-1`` of ``cols`` in order, as 2-D numeric arrays
+        of at most ``max_rows`` rows each (in the file's own number type, or float64)."""
         raise NotImplementedError
-
-    def _new_block(self, lo: int, hi: int, width: int | None = None) -> np.ndarray:
-        return np.empty((hi - lo, len(self.columns) if width is None else width),
-                        dtype=np.float64)
 
     def where(self, row: int) -> str:
         """Where global data row ``row`` is, in words a user can look up."""
@@ -66,6 +80,42 @@ class Table:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.path!r}, {len(self.columns)} columns, {self.n_rows} rows)"
+
+
+# Cells per block handed out by ``Rows.blocks``: 4M cells is 32 MB of float64, small
+# next to a rank's rows yet large enough that per-block overheads vanish.
+BLOCK_CELLS = 1 << 22
+
+
+class Rows:
+    """Rows ``[lo, hi)`` of some columns of a table, ready to be read locally."""
+
+    def __init__(self, table: Table, lo: int, hi: int, cols: list[int], state):
+        self.table, self.lo, self.hi, self.cols, self._state = table, lo, hi, cols, state
+
+    def __len__(self):
+        return self.hi - self.lo
+
+    def blocks(self, max_cells: int = BLOCK_CELLS):
+        """Yield ``(first global row, block)`` in order; each block holds at most about
+        ``max_cells`` cells. Local: raise here, and the caller's agreement stops the job."""
+        max_rows = max(1, max_cells // max(len(self.cols), 1))
+        row = self.lo
+        if self.hi > self.lo:
+            for block in self.table._blocks(self.lo, self.hi, self.cols, self._state, max_rows):
+                if block.ndim != 2 or block.shape[1] != len(self.cols) or row + len(block) > self.hi:
+                    raise changed_error(self.table.path)
+                yield row, block
+                row += len(block)
+        if row != self.hi:
+            raise changed_error(self.table.path)
+
+    def gather(self, dtype=np.float64) -> np.ndarray:
+        """Every row in one C-contiguous array of ``dtype``."""
+        out = np.empty((len(self), len(self.cols)), dtype=dtype)
+        for row, block in self.blocks():
+            out[row - self.lo:row - self.lo + len(block)] = block
+        return out
 
 
 # --- files ----------------------------------------------------------------------------

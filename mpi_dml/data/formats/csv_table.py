@@ -19,10 +19,10 @@ from ...errors import UserError
 from .base import Table, changed_error, check_file, file_stamp, reading
 
 # Bytes read at a time while looking for line starts in a CSV byte range.
-_SCAN_BLOCK = 1 << 24
-# Bytes of whole lines handed to the CSV parser at a time; bounds the text held in
-# memory next to the parsed rows.
-_PARSE_BLOCK = 1 << 26
+_SCAN_BLOCK = 1 << 22
+# Bytes of whole lines handed to the CSV parser at a time, at most; bounds the text
+# (and its parsed block) held in memory next to the rows being filled.
+_PARSE_BLOCK = 1 << 24
 # A CSV range remembers the byte offset of every this-many-th line start, so finding
 # a row later rescans at most this many lines instead of the whole range, while the
 # index stays tiny even for huge files.
@@ -67,23 +67,19 @@ class CsvTable(Table):
         n_rows = comm.allreduce_int(layout.count)
         return cls(path, comm, layout, first_row, n_rows)
 
-    def _read(self, lo, hi, ranges, cols):
+    def _prepare(self, lo, hi, ranges, cols):
+        """The byte range [start, stop) of rows [lo, hi): boundaries come from the
+        ranks whose byte ranges hold them."""
         boundaries = sorted({row for r_lo, r_hi in ranges if r_lo < r_hi for row in (r_lo, r_hi)})
         if not boundaries:  # every rank asked for nothing; all ranks agree on that
-            return self._new_block(lo, hi, len(cols))
+            return 0, 0
         # Each boundary row starts in exactly one rank's byte range; that rank fills in
         # its offset and the rest leave -1, so a max-reduction shares all of them.
         offsets = self.comm.agreed(self._boundary_offsets, boundaries)
         self.comm.allreduce_(offsets, op="max")
         if lo == hi:
-            start = stop = 0
-        else:
-            start, stop = (int(offsets[boundaries.index(row)]) for row in (lo, hi))
-        block = self.comm.agreed(self._parse_rows, lo, hi, start, stop)
-        # Every cell is parsed to check it; only the asked-for columns are kept.
-        if cols == list(range(len(self.columns))):
-            return block
-        return np.ascontiguousarray(block[:, cols])
+            return 0, 0
+        return tuple(int(offsets[boundaries.index(row)]) for row in (lo, hi))
 
     def _boundary_offsets(self, rows: list[int]) -> np.ndarray:
         layout = self._layout
@@ -102,23 +98,26 @@ class CsvTable(Table):
         if file_stamp(f) != self._layout.stamp:
             raise changed_error(self.path)
 
-    def _parse_rows(self, lo: int, hi: int, start: int, stop: int) -> np.ndarray:
-        out = self._new_block(lo, hi)
-        if lo == hi:
-            return out
+    def _blocks(self, lo, hi, cols, state, max_rows):
+        start, stop = state
+        every = cols == list(range(len(self.columns)))
+        # Text pieces small next to the rows they become, so the text never costs
+        # much memory beside the parsed rows.
+        piece_bytes = min(_PARSE_BLOCK, max(1 << 16, (stop - start) // 64))
         row = lo
         with reading(self.path) as f:
             self._check_unchanged(f)
-            for piece in _whole_line_pieces(f, start, stop):
+            for piece in _whole_line_pieces(f, start, stop, piece_bytes):
                 # Pieces end with a newline, except the file's last line.
                 n = piece.count(b"\n") + (not piece.endswith(b"\n"))
                 if row + n > hi:
                     raise changed_error(self.path)
-                out[row - lo : row - lo + n] = self._parse_piece(piece, row, n)
+                # Every cell is parsed to check it; only the asked-for columns are kept.
+                values = self._parse_piece(piece, row, n)
+                for a in range(0, n, max_rows):
+                    part = values[a:a + max_rows]
+                    yield part if every else part[:, cols]
                 row += n
-        if row != hi:
-            raise changed_error(self.path)
-        return out
 
     def _parse_piece(self, piece: bytes, first_row: int, n: int) -> np.ndarray:
         """Parse ``n`` whole lines at C speed; on failure, name the first bad line."""
@@ -278,12 +277,12 @@ def _find_line_start(f, layout: _CsvLayout, local_line: int) -> int:
     raise changed_error(f.name)
 
 
-def _whole_line_pieces(f, start: int, stop: int):
-    """Yield the bytes [start, stop) in pieces of whole lines, about _PARSE_BLOCK each."""
+def _whole_line_pieces(f, start: int, stop: int, piece_bytes: int = _PARSE_BLOCK):
+    """Yield the bytes [start, stop) in pieces of whole lines, about ``piece_bytes`` each."""
     f.seek(start)
     pos, carry = start, b""
     while pos < stop:
-        block = f.read(min(_PARSE_BLOCK, stop - pos))
+        block = f.read(min(piece_bytes, stop - pos))
         if not block:
             raise changed_error(f.name)
         pos += len(block)

@@ -25,22 +25,17 @@ class NpyTable(Table):
         table.positional = positional
         return table
 
-    def _read(self, lo, hi, ranges, cols):
-        return self.comm.agreed(self._read_rows, lo, hi, cols)
-
-    def _read_rows(self, lo: int, hi: int, cols: list[int]) -> np.ndarray:
-        out = self._new_block(lo, hi, len(cols))
-        if lo == hi:
-            return out
+    def _blocks(self, lo, hi, cols, state, max_rows):
         array = _map_npy(self.path)
-        if array.dtype.names:
-            for j, c in enumerate(cols):
-                out[:, j] = array[array.dtype.names[c]][lo:hi]
-        elif cols == list(range(array.shape[1])):
-            out[...] = array[lo:hi]
-        else:
-            out[...] = array[lo:hi][:, cols]
-        return out
+        every = not array.dtype.names and cols == list(range(array.shape[1]))
+        for a in range(lo, hi, max_rows):
+            b = min(a + max_rows, hi)
+            if every:  # pages of the map, in the file's own number type: no copy here
+                yield array[a:b]
+            elif array.dtype.names:
+                yield np.column_stack([array[array.dtype.names[c]][a:b] for c in cols])
+            else:
+                yield array[a:b][:, cols]
 
 
 def _map_npy(path: str) -> np.ndarray:
@@ -107,11 +102,16 @@ class NpzTable(Table):
         columns, n_rows, members = comm.agreed(_inspect_npz, path)
         return cls(path, comm, columns, n_rows, members)
 
-    def _read(self, lo, hi, ranges, cols):
-        return self.comm.agreed(self._read_rows, lo, hi, cols)
+    def _blocks(self, lo, hi, cols, state, max_rows):
+        # A compressed member is read as a stream from its start, so it is read in one
+        # pass; uncompressed members are mapped, a block at a time.
+        if any(m.file_offset is None for m in self._members):
+            max_rows = hi - lo
+        for a in range(lo, hi, max_rows):
+            yield self._read_rows(a, min(a + max_rows, hi), cols)
 
     def _read_rows(self, lo: int, hi: int, cols: list[int]) -> np.ndarray:
-        out = self._new_block(lo, hi, len(cols))
+        out = np.empty((hi - lo, len(cols)))
         if out.size == 0:
             return out
         first = 0
