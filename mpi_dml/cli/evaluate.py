@@ -3,9 +3,10 @@
     $ mpiexec -n 2 python -m mpi_dml evaluate --model runs/digits --data data/digits_test.csv --label-column label
     $ python -m mpi_dml predict --model runs/digits --data data/digits_test.csv --output preds.csv
 
-Each rank reads its own contiguous slice of the file; sums are reduced across ranks, so
-the figures are the same for any number of ranks. Predictions reach rank 0 one rank at
-a time, in input order, and rank 0 writes the file.
+Each rank reads its own contiguous slice of the file, a bounded block at a time; sums
+are reduced across ranks, so the figures are the same for any number of ranks. For
+predict, each rank formats its own rows and writes them at its offset of the one
+output file, in input order.
 """
 from __future__ import annotations
 
@@ -18,73 +19,97 @@ import numpy as np
 from ..data import sharding
 from ..data.columns import model_columns, unused_note
 from ..data.formats import open_table
-from ..data.labels import check_class_range, split_block
+from ..data.labels import Split, check_block, check_class_range
 from ..data.standardize import scaled
-from ..engine.metrics import EVAL_CHUNK, finite_or_null, split_metrics
+from ..engine.metrics import EVAL_CHUNK, finite_or_null, local_sums, reduced_metrics
 from ..errors import UserError
-from ..io.atomic import atomic_writer
 from ..io.model_files import load_model
-from ..io.predictions import format_predictions, prediction_header
+from ..io.predictions import format_predictions, prediction_header, write_in_rank_order
 from ..models import predictions
 
 
-def _read_for_model(loaded, path, comm, label_column, need_labels):
-    """This rank's contiguous slice of ``path`` as a Split, the file, and its first row.
+def _rows_for_model(loaded, path, comm, label_column, need_labels, fmt=None):
+    """This rank's contiguous slice of ``path``, ready to read, and the file.
 
     The model's features are taken from the file by name, in the model's order, so a
     file may order its columns differently or carry others (ids, say), which are named
     in a note. With ``need_labels`` the label column must be there; without, it is
     never read (predict accepts files with or without it).
     """
-    table = open_table(path, comm)
+    table = open_table(path, comm, fmt)
     features, label_at, unused = comm.agreed(model_columns, table, loaded.feature_names,
                                              label_column, need_labels)
     note = unused_note(path, unused, "the model does not use them")
     if note and comm.is_root:
         print(f"mpi_dml: note: {note}", file=sys.stderr)
     lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
-    wanted = features + ([label_at] if need_labels else [])
-    classify = need_labels and loaded.model.is_classifier
-    split = comm.agreed(split_block, table.read(lo, hi, wanted), table, lo, classify,
-                        loaded.feature_names, has_label=need_labels)
-    return split, table, lo
+    return table.rows(lo, hi, features + ([label_at] if need_labels else [])), table
+
+
+def _checked_chunks(rows, table, loaded, need_labels):
+    """``(features, labels or None)`` of at most EVAL_CHUNK rows each, checked; local."""
+    model, names = loaded.model, loaded.feature_names
+    width = len(names)
+    classify = need_labels and model.is_classifier
+    n_classes = model.n_outputs if model.loss == "softmax" else 2
+    for first, block in rows.blocks(max_cells=EVAL_CHUNK * max(len(rows.cols), 1)):
+        check_block(block, table, first, classify, names, has_label=need_labels)
+        for a in range(0, len(block), EVAL_CHUNK):
+            part = block[a:a + EVAL_CHUNK]
+            y = part[:, width].astype(np.float64) if need_labels else None
+            if classify:
+                check_class_range(Split(part[:, :width], y), n_classes, table, first + a,
+                                  model.kind)
+            yield part[:, :width], y
 
 
 def evaluate_command(args, comm, kernels) -> dict:
     """Metrics of a saved model on labelled data; rank 0 prints them as JSON."""
     loaded = comm.agreed(load_model, args.model)
     label = args.label_column or loaded.info.get("label_column")
-    split, table, lo = _read_for_model(loaded, args.data, comm, label, need_labels=True)
-    model = loaded.model
-    if model.is_classifier:
-        n_classes = model.n_outputs if model.loss == "softmax" else 2
-        comm.agreed(check_class_range, split, n_classes, table, lo, model.kind)
-    metrics = split_metrics(model, loaded.params, split.x, split.y, kernels, comm,
-                            standardize=loaded.standardize)
+    rows, table = _rows_for_model(loaded, args.data, comm, label, need_labels=True,
+                                  fmt=args.format)
+    loss, correct, y = comm.agreed(_evaluate_rows, loaded, rows, table, kernels)
+    metrics = reduced_metrics(loaded.model, loss, correct, y, comm)
     if comm.is_root:
         print(json.dumps(finite_or_null(metrics), allow_nan=False))
     return metrics
 
 
+def _evaluate_rows(loaded, rows, table, kernels):
+    """This rank's loss and correct sums, and its labels (kept for r2's second pass)."""
+    labels = []
+
+    def chunks():
+        for x, y in _checked_chunks(rows, table, loaded, need_labels=True):
+            labels.append(y)
+            yield x, y
+
+    loss, correct = local_sums(loaded.model, loaded.params, chunks(), kernels,
+                               standardize=loaded.standardize)
+    return loss, correct, np.concatenate(labels) if labels else np.zeros(0)
+
+
 def predict_command(args, comm, kernels):
-    """One CSV row per input row, in input order, written by rank 0."""
+    """One CSV row per input row, in input order; every rank writes its own rows."""
     loaded = comm.agreed(load_model, args.model)
     comm.agreed_on_root(_check_output, args.output)
-    split, _, _ = _read_for_model(loaded, args.data, comm, loaded.info.get("label_column"),
-                                  need_labels=False)
+    rows, table = _rows_for_model(loaded, args.data, comm, loaded.info.get("label_column"),
+                                  need_labels=False, fmt=args.format)
+    text = comm.agreed(_prediction_text, loaded, rows, table, kernels)
+    _, probs = predictions(loaded.model, np.zeros((0, loaded.model.n_outputs),
+                                                  dtype=loaded.params.dtype))
+    write_in_rank_order(args.output, prediction_header(probs).encode(), text, comm)
+
+
+def _prediction_text(loaded, rows, table, kernels) -> bytes:
     model, params = loaded.model, loaded.params
-    raw = [model.predict_raw(params, scaled(split.x[i:i + EVAL_CHUNK], params.dtype,
-                                             loaded.standardize), kernels)
-           for i in range(0, split.x.shape[0], EVAL_CHUNK)]
-    raw = np.concatenate(raw) if raw else np.zeros((0, model.n_outputs), dtype=params.dtype)
-    labels, probs = predictions(model, raw)
-    text = format_predictions(labels, probs, model.is_classifier)
-    if not comm.is_root:
-        comm.stream_to_root(text, None)
-        return
-    with atomic_writer(args.output, "w") as fh:
-        fh.write(prediction_header(probs))
-        comm.stream_to_root(text, fh.write)
+    parts = []
+    for x, _ in _checked_chunks(rows, table, loaded, need_labels=False):
+        raw = model.predict_raw(params, scaled(x, params.dtype, loaded.standardize), kernels)
+        labels, probs = predictions(model, raw)
+        parts.append(format_predictions(labels, probs, model.is_classifier).encode())
+    return b"".join(parts)
 
 
 def _check_output(path):

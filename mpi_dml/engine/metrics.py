@@ -16,14 +16,27 @@ def split_metrics(model, params, x, y, kernels, comm, *, standardize=None) -> di
     ``x`` and ``y`` are host arrays; ``params`` and ``kernels`` may be on a GPU, in
     which case each chunk of rows is copied there. The metrics are host floats.
     """
+    chunks = ((x[lo:lo + EVAL_CHUNK], y[lo:lo + EVAL_CHUNK])
+              for lo in range(0, x.shape[0], EVAL_CHUNK))
+    loss, correct = local_sums(model, params, chunks, kernels, standardize=standardize)
+    return reduced_metrics(model, loss, correct, y, comm)
+
+
+def local_sums(model, params, chunks, kernels, *, standardize=None) -> tuple[float, float]:
+    """This rank's summed loss and correct count over ``(x, y)`` chunks of rows; local."""
     xp = array_module(params)
     dtype = params.dtype
     loss = correct = 0.0
-    for lo in range(0, x.shape[0], EVAL_CHUNK):
-        xb = scaled(x[lo:lo + EVAL_CHUNK], dtype, standardize, xp=xp)
-        yb = xp.asarray(model.labels(y[lo:lo + EVAL_CHUNK], dtype))
+    for xc, yc in chunks:
+        xb = scaled(xc, dtype, standardize, xp=xp)
+        yb = xp.asarray(model.labels(yc, dtype))
         l, c, _ = model.evaluate(params, xb, yb, kernels)
         loss, correct = loss + l, correct + c
+    return loss, correct
+
+
+def reduced_metrics(model, loss, correct, y, comm) -> dict:
+    """Collective: the metrics from every rank's sums and labels ``y``."""
     loss, correct, n, sum_y = comm.allreduce_(np.array([loss, correct, y.size, y.sum()]))
     if n == 0:
         return {"n": 0}
