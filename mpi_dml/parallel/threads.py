@@ -10,6 +10,7 @@ when the launcher bound each rank to its own cores).
 from __future__ import annotations
 
 import os
+import sys
 
 
 def allowed_cpus() -> tuple:
@@ -39,6 +40,10 @@ def apply_threads(n: int) -> dict:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)  # for any library loaded after this point
+    # pyarrow (Parquet) sizes its pool from OMP_NUM_THREADS when it loads; one already
+    # loaded would decode with a thread per core, on every rank of the node.
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].set_cpu_count(n)
     return {
         "threads_per_rank": n,
         "blas": [{"library": p.get("internal_api"), "threads": p.get("num_threads")}
