@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,15 +118,14 @@ class CsvTable(Table):
                 row += n
 
     def _parse_piece(self, piece: bytes, first_row: int, n: int) -> np.ndarray:
-        """Parse ``n`` whole lines at C speed; on failure, name the first bad line."""
-        ncols = len(self.columns)
-        values = _loadtxt(piece)
-        if values is not None and values.shape == (n, ncols):
-            return values
+        """Parse ``n`` whole lines at native speed; on failure, name the first bad line."""
+        out = np.empty((n, len(self.columns)))
+        bad = _parse(piece, out)
+        if bad < 0:
+            return out
         lines = piece.split(b"\n")
         if piece.endswith(b"\n"):
             lines.pop()
-        bad = _first_bad_line(lines, ncols)
         what = _describe_bad_line(lines[bad], self.columns)
         raise UserError(f"{self.where(first_row + bad)}: {what}")
 
@@ -296,40 +293,20 @@ def _whole_line_pieces(f, start: int, stop: int, piece_bytes: int = _PARSE_BLOCK
             yield data[:cut]
 
 
-def _loadtxt(text: bytes):
-    """Numbers in ``text`` as a 2-D float64 array, or None if numpy cannot parse them.
+def _parse(text: bytes, out: np.ndarray) -> int:
+    """Parse the lines of ``text`` into ``out`` on the rank's Numba threads; the index
+    of the first line that does not parse, or -1."""
+    import numba
 
-    numpy skips fully blank lines, so callers compare the row count with the lines
-    they handed in.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "input contained no data" for blank-only text
-        try:
-            return np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.float64,
-                              ndmin=2, comments=None, quotechar='"')
-        except ValueError:
-            return None
+    from .csv_numbers import parse_lines  # compiled on first use, then cached
+
+    return parse_lines(np.frombuffer(text, dtype=np.uint8), out.shape[0], out,
+                       threads=numba.get_num_threads())
 
 
-def _lines_parse(lines: list[bytes], ncols: int) -> bool:
-    values = _loadtxt(b"\n".join(lines) + b"\n")
-    return values is not None and values.shape == (len(lines), ncols)
-
-
-def _first_bad_line(lines: list[bytes], ncols: int) -> int:
-    """Index of the first line that does not parse, given that not all of them do.
-
-    Lines parse independently, so if the left half parses the fault is in the right
-    half. Halving costs about twice one parse of the text, unlike a line-by-line loop.
-    """
-    lo, hi = 0, len(lines)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _lines_parse(lines[lo:mid], ncols):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+def _is_number(cell: str) -> bool:
+    """Whether one cell parses, by the same rules as whole lines."""
+    return _parse(cell.encode("utf-8"), np.empty((1, 1))) < 0
 
 
 def _describe_bad_line(raw: bytes, columns: list[str]) -> str:
@@ -350,7 +327,7 @@ def _describe_bad_line(raw: bytes, columns: list[str]) -> str:
     for name, cell in zip(columns, cells):
         if not cell.strip():
             return f"column {name!r} is empty"
-        if not _lines_parse([cell.encode("utf-8")], 1):
+        if not _is_number(cell):
             hint = (" (a quoted value needs its quotes at the very start and end of the cell)"
                     if '"' in cell else "")
             return f"column {name!r} holds {cell.strip()!r}, which is not a number{hint}"
