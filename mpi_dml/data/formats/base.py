@@ -71,7 +71,10 @@ class Table:
 
     def _blocks(self, lo: int, hi: int, cols: list[int], state, max_rows: int):
         """Local: yield rows ``lo .. hi-1`` of ``cols`` in order, as 2-D numeric arrays
-        of at most ``max_rows`` rows each (in the file's own number type, or float64)."""
+        of at most ``max_rows`` rows each (in the file's own number type, or float64).
+
+        A format may fill the same buffer again for the next block: callers use or
+        copy each block before they ask for the next."""
         raise NotImplementedError
 
     def where(self, row: int) -> str:
@@ -82,9 +85,9 @@ class Table:
         return f"{type(self).__name__}({self.path!r}, {len(self.columns)} columns, {self.n_rows} rows)"
 
 
-# Cells per block handed out by ``Rows.blocks``: 4M cells is 32 MB of float64, small
+# Cells per block handed out by ``Rows.blocks``: 1M cells is 8 MB of float64, small
 # next to a rank's rows yet large enough that per-block overheads vanish.
-BLOCK_CELLS = 1 << 22
+BLOCK_CELLS = 1 << 20
 
 
 class Rows:
@@ -98,7 +101,8 @@ class Rows:
 
     def blocks(self, max_cells: int = BLOCK_CELLS):
         """Yield ``(first global row, block)`` in order; each block holds at most about
-        ``max_cells`` cells. Local: raise here, and the caller's agreement stops the job."""
+        ``max_cells`` cells and may be overwritten by the next, so use or copy it first.
+        Local: raise here, and the caller's agreement stops the job."""
         max_rows = max(1, max_cells // max(len(self.cols), 1))
         row = self.lo
         if self.hi > self.lo:

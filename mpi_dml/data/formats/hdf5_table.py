@@ -60,12 +60,15 @@ class Hdf5Table(Table):
             if _stamp(self.path) != self._stamp:
                 raise changed_error(self.path)
             arrays = [f[name] for name, _, _ in self._datasets]
+            # One buffer for every block: fresh ones leave the heap fragmented and the
+            # process grows (a block is used before the next is asked for).
+            buffer = None if every else np.empty((min(max_rows, hi - lo), len(cols)), dtype)
             for a in range(lo, hi, max_rows):
                 b = min(a + max_rows, hi)
                 if every:  # the feature dataset's rows, as stored: no copy here
                     yield _read(arrays[0], np.s_[a:b], self.path)
                     continue
-                out = np.empty((b - a, len(cols)), dtype=dtype)
+                out = buffer[:b - a]
                 self._fill(out, arrays, sources, a, b, max_rows * max(len(cols), 1))
                 yield out
 
@@ -83,7 +86,10 @@ class Hdf5Table(Table):
             for s in range(a, b, step):
                 e = min(s + step, b)
                 piece = _read(arrays[0], np.s_[s:e, c0:c1], self.path)
-                out[s - a:e - a, targets] = piece[:, picks]
+                if picks == list(range(c1 - c0)) and targets == list(range(targets[0], targets[0] + len(targets))):
+                    out[s - a:e - a, targets[0]:targets[0] + len(targets)] = piece
+                else:
+                    out[s - a:e - a, targets] = piece[:, picks]
         for j, (k, _) in enumerate(sources):
             if k:
                 out[:, j] = _read(arrays[k], np.s_[a:b], self.path)

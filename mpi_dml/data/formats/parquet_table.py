@@ -106,18 +106,16 @@ class ParquetTable(Table):
                 if [md.row_group(g).num_rows for g in range(md.num_row_groups)] != \
                         np.diff(starts).tolist():
                     raise changed_error(path)
-                pos = starts[g0]
-                # Batches never exceed max_rows; slicing one keeps only our rows of the
-                # first and last groups, and the rest of a group is never converted.
-                batches = pf.iter_batches(batch_size=max_rows, columns=wanted,
-                                          row_groups=list(range(g0, g1)))
-                for batch in batches:
-                    s, e = max(a, pos), min(b, pos + batch.num_rows)
-                    if s < e:
-                        yield _to_numpy(batch.slice(s - pos, e - s), names, dtype, path, s)
-                    pos += batch.num_rows
-                    if pos >= b:
-                        break
+                # One buffer for every group: a fresh one per group leaves the heap
+                # fragmented beside pyarrow's own buffers, and the process grows.
+                sizes = np.diff(starts)[g0:g1]
+                buffer = np.empty((int(sizes.max()), len(names)), dtype=dtype)
+                for g in range(g0, g1):
+                    s, e = max(a, starts[g]), min(b, starts[g + 1])
+                    block = _read_group(pf, g, s - starts[g], e - starts[g], wanted, names,
+                                        buffer[:e - s], path, s)
+                    for k in range(0, e - s, max_rows):
+                        yield block[k:k + max_rows]
 
     def where(self, row: int) -> str:
         i = min(bisect.bisect_right(self._file_starts, row) - 1, len(self._files) - 1)
@@ -215,13 +213,27 @@ def _common_dtype(dtypes: list) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def _to_numpy(batch, names: list[str], dtype, path: str, first_row: int) -> np.ndarray:
-    out = np.empty((batch.num_rows, len(names)), dtype=dtype)
-    for j, name in enumerate(names):
-        column = batch.column(name)
-        if column.null_count:
-            row = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
-            raise UserError(f"{path} row {first_row + row}: column {name!r} is null; feature "
-                            f"and label columns need a value in every row")
-        out[:, j] = column.to_numpy(zero_copy_only=False)
+# Values decoded per read of a row group: a column chunk cannot be read in part, so a
+# group is read a few columns at a time. pyarrow's decoding needs several times the
+# decoded size in passing, so reading whole wide groups would cost far more memory
+# than the rows they fill (and runs slower, out of cache).
+_CELLS_PER_READ = 1 << 18
+
+
+def _read_group(pf, g, s, e, wanted, names, out, path, first_row) -> np.ndarray:
+    """Rows ``s .. e-1`` of row group ``g``, columns ``names``, into ``out``."""
+    rows = pf.metadata.row_group(g).num_rows
+    step = max(1, _CELLS_PER_READ // max(rows, 1))
+    for c in range(0, len(wanted), step):
+        part = pf.read_row_group(g, columns=wanted[c:c + step], use_threads=False)
+        for name in wanted[c:c + step]:
+            column = part.column(name).slice(s, e - s)
+            if column.null_count:
+                row = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
+                raise UserError(f"{path} row {first_row + row}: column {name!r} is null; "
+                                f"feature and label columns need a value in every row")
+            values = column.to_numpy(zero_copy_only=False)
+            for j in (j for j, n in enumerate(names) if n == name):
+                out[:, j] = values
+        del part
     return out
