@@ -1,4 +1,5 @@
 """The benchmarks run and validate (their figures live in BENCHMARKS.md, not here)."""
+import argparse
 import subprocess
 import sys
 
@@ -26,3 +27,31 @@ def test_bench_train_validates_against_torch_and_reports():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "validation: PASS" in r.stdout
     assert "mpi_dml >= 70% of GEMM roofline at 1 rank" in r.stdout
+
+
+def test_bench_data_validates_and_reports():
+    pytest.importorskip("pandas")
+    r = subprocess.run([sys.executable, "benchmarks/bench_data.py", "--rows", "3000", "--cols",
+                        "4", "--ranks", "1,2", "--repeats", "1"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT, env=mpi_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validation: PASS" in r.stdout
+    for line in ("csv      1", "parquet      2", "hdf5      1", "predict (CSV, end to end)"):
+        assert line in r.stdout, r.stdout
+
+
+def test_bench_data_validation_catches_a_wrong_reading(tmp_path):
+    """One value changed in the Parquet file: the readings no longer match pandas'."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_data
+    finally:
+        sys.path.pop(0)
+    paths = bench_data.write_data(tmp_path, 500, 3)
+    table = pq.read_table(paths["parquet"]).to_pandas()
+    table.iloc[123, 1] += 1.0
+    table.to_parquet(paths["parquet"], index=False)
+    args = argparse.Namespace(timeout=300)
+    failures = bench_data.validate(paths, [2], tmp_path, args)
+    assert failures == ["parquet at 2 ranks: rows differ from pandas' reading"]

@@ -10,6 +10,8 @@ must train the same model.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -253,3 +255,61 @@ def test_csv_parquet_and_hdf5_train_the_same_model(tmp_path):
         for other in ("parquet", "h5"):
             np.testing.assert_allclose(models[other][key], value, rtol=0, atol=1e-6,
                                        err_msg=f"{key}: csv against {other}")
+
+
+# --- evaluate and predict read every format ---------------------------------------------
+@pytest.fixture(scope="module")
+def model_and_copies(tmp_path_factory):
+    """A softmax model trained on a CSV, and the same rows as Parquet (an odd suffix,
+    read with --format), HDF5 and a folder of CSV parts."""
+    tmp = tmp_path_factory.mktemp("every-format")
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(400, 4))
+    y = np.argmax(x[:, :3] + rng.normal(size=(400, 3)) * 0.3, axis=1)
+    names = ["f0", "f1", "f2", "f3"]
+    write_csv(tmp / "d.csv", np.column_stack([x, y]), (*names, "label"))
+    df = pd.DataFrame(x, columns=names).assign(label=y)
+    write_parquet(tmp / "d.bin", df, row_group_size=37)
+    write_h5(tmp / "d.h5", x, y)
+    (tmp / "parts").mkdir()
+    for k, (a, b) in enumerate([(0, 150), (150, 151), (151, 400)]):
+        write_csv(tmp / "parts" / f"part-{k}.csv", np.column_stack([x[a:b], y[a:b]]),
+                  (*names, "label"))
+    result = run_cli(0, "train", "--data", tmp / "d.csv", "--label-column", "label",
+                     "--model", "softmax", "--dtype", "float64", "--epochs", "2",
+                     "--standardize", "--out", tmp / "m")
+    assert result.returncode == 0, result.stderr
+    return tmp, x, y
+
+
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("source", [("d.bin", "parquet"), ("d.h5", None), ("parts", None)])
+def test_evaluate_and_predict_read_every_format(model_and_copies, n, source):
+    """The same figures and predictions as the CSV in one process, and predictions
+    equal to a NumPy replay of the model on the raw rows."""
+    load_file = pytest.importorskip("safetensors.numpy").load_file
+    tmp, x, y = model_and_copies
+    path, fmt = source
+    extra = ["--format", fmt] if fmt else []
+
+    def evaluate(n, data, *more):
+        r = run_cli(n, "evaluate", "--model", tmp / "m", "--data", data, *more)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def predict(n, data, *more):
+        out = tmp / f"pred-{n}-{data.name}.csv"
+        r = run_cli(n, "predict", "--model", tmp / "m", "--data", data, "--output", out, *more)
+        assert r.returncode == 0, r.stderr
+        return out.read_text()
+
+    assert evaluate(n, tmp / path, *extra) == pytest.approx(evaluate(0, tmp / "d.csv"))
+    text = predict(n, tmp / path, *extra)
+    assert text == predict(0, tmp / "d.csv")
+    tensors = load_file(str(tmp / "m" / "model.safetensors"))
+    z = ((x - tensors["standardize.mean"]) / tensors["standardize.std"]) \
+        @ tensors["layers.0.weight"] + tensors["layers.0.bias"]
+    rows = np.loadtxt(text.splitlines(), delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(rows[:, 0], np.argmax(z, axis=1))
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(rows[:, 1:], p / p.sum(axis=1, keepdims=True), atol=1e-6)
