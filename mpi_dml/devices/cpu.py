@@ -14,6 +14,10 @@ class CpuDevice:
         self.comm = comm
         self.kernels = kernels or _cpu_kernels(dtype)
 
+    def setup_step(self, what: str, fn, *args, **kwargs):
+        """One step of setting up training; on the CPU nothing in it needs agreeing."""
+        return fn(*args, **kwargs)
+
     def zeros(self, n, dtype):
         return np.zeros(n, dtype=dtype)
 

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from ..errors import AgreedError, UserError
+from ..errors import EXIT_USER_ERROR, AgreedError, UserError
 from . import gpu
 from .gpu_exchange import bind_index, choose_exchange, sharing_warning
 from .prefetch import BatchSlot, Prefetch, pinned
@@ -31,12 +31,20 @@ class GpuDevice:
     def __init__(self, comm, dtype, *, exchange: str = "auto"):
         self.comm = comm
         self.dtype = np.dtype(dtype)
+        self.index = None
         self._nccl = None
         self._slots = []
         self._prefetch = None
         self._staging = None
         cupy = self.xp = gpu.import_cupy()
+        # Each step is agreed: a failure on one rank stops every rank with one message,
+        # where the others would otherwise wait for it in the next collective.
         self.index, self.name, self.n_visible = comm.agreed(self._bind, cupy)
+        self.kernels = self.setup_step(f"compiling the CUDA kernels on GPU {self.index}",
+                                       _cuda_kernels, self.dtype, self.index)
+        self.copy_stream, self._staged = self.setup_step(
+            f"creating streams on GPU {self.index}",
+            lambda: (cupy.cuda.Stream(non_blocking=True), cupy.cuda.Event(disable_timing=True)))
         facts = gpu.exchange_facts(comm, cupy, self.index)
         if facts["shared"] and comm.is_root:
             print(sharing_warning(facts["shared"]), file=sys.stderr, flush=True)
@@ -45,12 +53,16 @@ class GpuDevice:
             nccl = self._nccl_lib = gpu.nccl_module()
             self._nccl_types = {np.dtype(np.float32): nccl.NCCL_FLOAT32,
                                 np.dtype(np.float64): nccl.NCCL_FLOAT64}
+            # Last: NCCL's start is a rendezvous outside MPI (see _nccl_communicator).
             self._nccl = self._nccl_communicator()
         elif self.exchange == "cuda-aware":
             self._confirm_cuda_aware(forced=exchange == "cuda-aware")
-        self.kernels = comm.agreed(_cuda_kernels, self.dtype, self.index)
-        self.copy_stream = cupy.cuda.Stream(non_blocking=True)
-        self._staged = cupy.cuda.Event(disable_timing=True)
+
+    def setup_step(self, what: str, fn, *args, **kwargs):
+        """Collective: ``fn(*args, **kwargs)`` on every rank. Whatever it raises on any
+        rank (a driver, NVVM or linker error, the GPU's memory running out) becomes one
+        ``AgreedError`` on all of them, naming the rank, its host and the cause."""
+        return self.comm.agreed(_as_user_error, what, fn, *args, **kwargs)
 
     # --- setting up ---------------------------------------------------------------------
     def _bind(self, cupy):
@@ -77,15 +89,32 @@ class GpuDevice:
         if error:
             raise AgreedError(error)
         # Collective over all ranks; NCCL connects them through the id rank 0 made.
-        return nccl.NcclCommunicator(self.comm.size, uid, self.comm.rank)
+        try:
+            return nccl.NcclCommunicator(self.comm.size, uid, self.comm.rank)
+        except Exception as exc:
+            failure = gpu.setup_failure(f"--gpu-exchange nccl: starting NCCL on GPU {self.index}",
+                                        exc)
+        if self.comm.size == 1:
+            raise AgreedError(failure)
+        # The other ranks wait inside ncclCommInitRank for this one, where no MPI message
+        # reaches them: only ending the job frees them.
+        print(f"mpi_dml: error on rank {self.comm.rank} ({self.comm.host}): {failure}",
+              file=sys.stderr, flush=True)
+        self.comm.abort(EXIT_USER_ERROR)
 
     def _confirm_cuda_aware(self, forced: bool):
         """A small Allreduce on GPU memory must give the right sum on every rank."""
         cupy, size = self.xp, self.comm.size
-        error = None
-        try:
+
+        def make_probe():
             probe = cupy.full(16, self.comm.rank + 1, dtype=cupy.float64)
             cupy.cuda.get_current_stream().synchronize()
+            return probe
+        # Agreed apart from the Allreduce: a rank without its probe must not leave the
+        # others inside the Allreduce while it waits in the next collective.
+        probe = self.setup_step(f"the CUDA-aware MPI test on GPU {self.index}", make_probe)
+        error = None
+        try:
             self.comm.allreduce_(probe, what="CUDA-aware MPI test")
             want = size * (size + 1) / 2
             if not bool((probe == want).all()):
@@ -213,6 +242,15 @@ class GpuDevice:
         self._slots = []
         self._prefetch = None
         self._staging = None
+
+
+def _as_user_error(what, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"--device gpu: {gpu.setup_failure(what, exc)}") from None
 
 
 def _cuda_kernels(dtype, index):

@@ -134,9 +134,9 @@ class Engine:
             if comm.is_root:
                 model.init(host, cfg.seed)
             comm.bcast_(host, what="initial parameters")  # rank 0's, bit for bit
-        self.algorithm = self.make_algorithm(cfg, model, dev, host, n_train=data.n_train)
-        # The buffer carries CONTROL_SLOTS extra values after the algorithm's.
-        self.buffer = dev.zeros(self.algorithm.buffer_size() + CONTROL_SLOTS, dtype)
+        # On a GPU, memory running out on one rank stops every rank with one message.
+        self.algorithm, self.buffer = dev.setup_step(
+            "allocating the model's state", self._allocate, model, host, data.n_train, dtype)
         if resumed is not None:
             # Checked before anything from the checkpoint is used on this data.
             resume.check_and_restore(resumed, cfg, comm, model, data, self.algorithm, dev)
@@ -146,6 +146,11 @@ class Engine:
         self.x = scaled(data.train.x, dtype, self.scale)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
         self.y = model.labels(data.train.y, dtype)
+
+    def _allocate(self, model, host, n_train, dtype):
+        algorithm = self.make_algorithm(self.cfg, model, self.dev, host, n_train=n_train)
+        # The buffer carries CONTROL_SLOTS extra values after the algorithm's.
+        return algorithm, self.dev.zeros(algorithm.buffer_size() + CONTROL_SLOTS, dtype)
 
     def _stop_signals(self):
         if not self.process:
