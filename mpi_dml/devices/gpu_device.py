@@ -180,9 +180,20 @@ class GpuDevice:
 
     def _batch_slots(self, cap, x, y):
         if not (self._slots and all(s.fits(cap, x, y) for s in self._slots)):
-            self._slots = []  # free the old buffers before making larger ones
+            self._free_slots()  # the old buffers go before larger ones are made
             self._slots = [BatchSlot(self.xp, max(cap, 1), x, y) for _ in range(2)]
         return self._slots
+
+    def _free_slots(self):
+        """Drop the batch buffers once nothing queued can touch them: a copy into them
+        may still run on the copy stream, and a step may still read them on the compute
+        stream. Freed memory goes back to CuPy's pools, whose next user would otherwise
+        race those."""
+        if self._slots:
+            self.synchronize()
+        self._slots = []
+        if self._prefetch is not None:
+            self._prefetch.slots = []  # its last reference to them
 
     def copy_async(self, dev, host, nbytes, stream, *, to_device):
         """Queue a copy of ``nbytes`` between a device and a (pinned) host array on
@@ -212,8 +223,8 @@ class GpuDevice:
         if self.exchange == "cuda-aware":
             stream.synchronize()  # MPI reads the memory now, outside any stream
             return self.comm.allreduce_(buf, what="gradients")
-        stage = self._staging_for(buf)
         self._staged.synchronize()  # the last copy back out of the staging buffer is done
+        stage = self._staging_for(buf)  # (which may free it)
         self.copy_async(buf, stage, buf.nbytes, stream, to_device=False)
         stream.synchronize()
         self.comm.allreduce_(stage, what="gradients")
@@ -239,8 +250,10 @@ class GpuDevice:
             self._nccl = None
         if self._prefetch is not None:
             self._prefetch.stop()
-        self._slots = []
+        self._free_slots()
         self._prefetch = None
+        if self._staging is not None:
+            self._staged.synchronize()  # the last copy out of the staging buffer is done
         self._staging = None
 
 
