@@ -44,7 +44,8 @@ def get(backend="cpu"):
 
 
 def warm_up(backend, dtype):
-    """Call every kernel once on tiny ``dtype`` arrays so JIT compilation happens now.
+    """Call every kernel once on tiny ``dtype`` arrays so JIT compilation happens now,
+    every path that training can take included.
 
     The argument types match what training passes (C-contiguous arrays, int64
     labels, uint8 decay masks), so the compiled versions are the ones reused later.
@@ -65,7 +66,10 @@ def warm_up(backend, dtype):
         out = mat(k)
         kernels.bias_act_forward(out, vec(k), activation)
         kernels.act_backward(mat(k), out, activation, vec(k))
-    kernels.softmax_xent(mat(k), put(np.zeros(n, dtype=np.int64)), vec(k))
+    # Few classes and many: cuda.py's softmax has a kernel for each (a thread per row up
+    # to 32 classes, a block per row above), and each compiles on its first launch.
+    for classes in (k, 40):
+        kernels.softmax_xent(mat(classes), put(np.zeros(n, dtype=np.int64)), vec(classes))
     targets = put(np.array([0.0, 1.0], dtype=dtype))
     kernels.logistic_loss_grad(mat(1), targets, vec(1))
     kernels.hinge_loss_grad(mat(1), targets, vec(1))

@@ -285,6 +285,42 @@ def warm_up_case(mem, sizes, dtype):
     assert kernels.warm_up("cuda", dtype) is None
 
 
+def _is_kernel(obj) -> bool:
+    """A ``@cuda.jit`` kernel (not a device function), on the simulator or a GPU."""
+    device = getattr(obj, "_device", None)  # the simulator's FakeCUDAKernel
+    if device is None:
+        device = getattr(obj, "targetoptions", {}).get("device")  # a CUDADispatcher
+    return device is False
+
+
+def warm_up_launches_every_kernel_case(mem, sizes, dtype):
+    """Every kernel in kernels/cuda.py runs in warm_up, so none compiles inside a step
+    (a kernel compiles on its first launch; the softmax for many classes is its own)."""
+    module = kernels.get("cuda")
+    names = [name for name, obj in vars(module).items() if _is_kernel(obj)]
+    launched = set()
+
+    class Recorder:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, config):
+            launched.add(self.name)
+            return self.kernel[config]
+
+    originals = {name: getattr(module, name) for name in names}
+    try:
+        for name in names:
+            setattr(module, name, Recorder(name, originals[name]))
+        kernels.warm_up("cuda", dtype)
+    finally:
+        for name, kernel in originals.items():
+            setattr(module, name, kernel)
+    assert len(names) >= 10, names
+    missing = sorted(set(names) - launched)
+    assert not missing, f"warm_up launches none of {missing}"
+
+
 def train_case(mem, sizes, dtype):
     """A tiny real training with the cuda kernels ends where the reference's does."""
     from mpi_dml.parallel.comm import Comm
@@ -343,6 +379,7 @@ def cases(mode):
         add(f"known_values[{dtype}]", known_values_case, dtype)
         add(f"bad_labels[{dtype}]", bad_labels_case, dtype)
         add(f"warm_up[{dtype}]", warm_up_case, dtype)
+        add(f"warm_up_launches_every_kernel[{dtype}]", warm_up_launches_every_kernel_case, dtype)
     if mode == "sim":  # the trainer keeps NumPy arrays: real only under the simulator
         add("train_mlp_adam[float64]", train_case, "float64")
     return out
