@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 from numba import cuda
+from numba.core import config as numba_config
 
 from .reference import ACTIVATIONS, check_activation
 
@@ -65,6 +66,23 @@ def _column_layout(n, k):
     tiles = -(-k // cols)
     chunks = max(1, min(-(-n // (lanes * _ROWS_PER_THREAD)), _MAX_BLOCKS // tiles))
     return (tiles, chunks), (cols, lanes)
+
+
+def _configure(kernel, grid, block):
+    """``kernel[grid, block]`` without Numba's low-occupancy warning.
+
+    Numba warns (NumbaPerformanceWarning) whenever a grid has fewer than 128 blocks.
+    Grids here are sized to the work, so a small batch, a narrow layer or the one block
+    that counts labels is small by design, and the warning would come at every such
+    launch. It is issued while the launch is configured, so it is switched off for
+    that moment alone: the program's own kernels still get it.
+    """
+    saved = numba_config.CUDA_LOW_OCCUPANCY_WARNINGS
+    numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    try:
+        return kernel[grid, block]
+    finally:
+        numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = saved
 
 
 _SCRATCH = {}
@@ -166,8 +184,8 @@ def _column_sums(a, out, code, total, partials):
     """``total`` = column sums of ``a`` (after the activation derivative for ``code``);
     ``partials`` is scratch of at least chunks * k elements."""
     grid, block = _column_layout(*a.shape)
-    _column_partials[grid, block](a, out, code, partials)
-    _column_finish[_launch(a.shape[1])](partials, grid[1], total)
+    _configure(_column_partials, grid, block)(a, out, code, partials)
+    _configure(_column_finish, *_launch(a.shape[1]))(partials, grid[1], total)
 
 
 def _column_scratch(n, k):
@@ -177,7 +195,7 @@ def _column_scratch(n, k):
 def bias_act_forward(z, b, activation):
     """In place: ``z[i, j] = act(z[i, j] + b[j])``."""
     check_activation(activation)
-    _bias_act_forward[_launch(z.size)](z, b, _ACT_CODE[activation])
+    _configure(_bias_act_forward, *_launch(z.size))(z, b, _ACT_CODE[activation])
 
 
 def act_backward(grad, out, activation, bias_grad):
@@ -403,8 +421,8 @@ def softmax_xent(logits, labels, bias_grad):
         kernel = _softmax_block_rows
         blocks, threads = min(max(n, 1), _MAX_BLOCKS), _pow2(-(-k // 4), 32, _ROW_THREADS)
     scratch, cols = _loss_scratch(n, k, blocks)
-    _count_bad_labels[1, _pow2(n, 32, _MAX_THREADS)](labels, k, scratch)
-    kernel[blocks, threads](logits, labels, scratch)
+    _configure(_count_bad_labels, 1, _pow2(n, 32, _MAX_THREADS))(labels, k, scratch)
+    _configure(kernel, blocks, threads)(logits, labels, scratch)
     bad, loss_sum, correct = _loss_totals(scratch, blocks)
     if bad:
         raise ValueError(f"class labels must lie in [0, {k})")
@@ -415,7 +433,7 @@ def softmax_xent(logits, labels, bias_grad):
 def _binary_loss(kernel, z, y, bias_grad):
     blocks, threads = _launch(z.shape[0])
     scratch, cols = _loss_scratch(z.shape[0], 1, blocks)
-    kernel[blocks, threads](z, y, scratch)
+    _configure(kernel, blocks, threads)(z, y, scratch)
     _column_sums(z, z, _IDENTITY, bias_grad, cols)
     _, loss_sum, correct = _loss_totals(scratch, blocks)
     return loss_sum, correct
@@ -435,7 +453,7 @@ def squared_loss_grad(z, y, bias_grad):
     """In place: ``z`` becomes ``z - y``. Returns ``0.5 * sum((z - y)**2)``."""
     blocks, threads = _launch(z.size)
     scratch, cols = _loss_scratch(*z.shape, blocks)
-    _squared_rows[blocks, threads](z, y, scratch)
+    _configure(_squared_rows, blocks, threads)(z, y, scratch)
     _column_sums(z, z, _IDENTITY, bias_grad, cols)
     return 0.5 * _loss_totals(scratch, blocks)[1]
 
@@ -488,7 +506,7 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, 
     L1 proximal step on the weights (see reference.py). In place."""
     dt = param.dtype.type
     # lr * l1 is rounded once to the dtype, as the reference's weak Python scalar is.
-    _sgd_update[_launch(param.size)](param, grad, velocity, dt(lr), dt(momentum),
+    _configure(_sgd_update, *_launch(param.size))(param, grad, velocity, dt(lr), dt(momentum),
                                      bool(nesterov), dt(weight_decay), dt(lr * l1),
                                      decay_mask)
 
@@ -501,7 +519,7 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, de
     # As in cpu.py: Adam puts the decay in the gradient (l2), AdamW shrinks the
     # weight directly (decoupled_scale); the other term is zero.
     l2, decoupled_scale = (0.0, lr * weight_decay) if decoupled else (weight_decay, 0.0)
-    _adam_update[_launch(param.size)](
+    _configure(_adam_update, *_launch(param.size))(
         param, grad, m, v, dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
         dt(eps), dt(1 - beta1**step), dt(1 - beta2**step), dt(l2), dt(decoupled_scale),
         dt(lr * l1), decay_mask)

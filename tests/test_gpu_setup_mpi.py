@@ -191,7 +191,7 @@ def test_a_gpu_setup_failure_on_one_rank_is_one_message_on_every_rank(tiny_csv, 
 
 
 @pytest.mark.parametrize("exc,says", [
-    (OutOfMemoryError("Out of memory allocating 512 bytes."), "use a smaller model or --batch-size"),
+    (OutOfMemoryError("Out of memory allocating 512 bytes."), "a smaller model or --batch-size"),
     (CudaAPIError(2, "Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY"), "nvidia-smi"),
     (NvvmError("Failed to compile"), "install the numba-cuda wheel"),
     (LinkerError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION"), "install the numba-cuda wheel"),

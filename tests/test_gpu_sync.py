@@ -63,8 +63,8 @@ def watch_slots(dev, log):
         weakref.finalize(slot, log.append, "freed")
 
 
-def test_batch_slots_are_freed_only_after_their_copies_and_steps_are_done(fake_gpu, comm,  # noqa: F811
-                                                                          monkeypatch):
+def test_batch_slots_are_freed_only_after_their_copies_and_steps_are_done(
+        fake_gpu, comm, monkeypatch):  # noqa: F811
     log = []
     dev = logging_device(fake_gpu, comm, monkeypatch, log)
     rng = np.random.default_rng(0)

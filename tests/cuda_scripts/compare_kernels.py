@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 import zlib
 
 import numpy as np
@@ -353,6 +354,45 @@ def train_case(mem, sizes, dtype):
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-10)
 
 
+class WarnsLikeNumba:
+    """A kernel whose launch configuration warns as Numba's CUDA dispatcher does (the
+    simulator skips that check): a grid under 128 blocks while Numba's setting for the
+    warning is on."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, config):
+        from numba.core import config as numba_config
+        from numba.core.errors import NumbaPerformanceWarning
+
+        grid = config[0] if isinstance(config[0], tuple) else (config[0],)
+        if numba_config.CUDA_LOW_OCCUPANCY_WARNINGS and int(np.prod(grid)) < 128:
+            warnings.warn(NumbaPerformanceWarning(
+                f"Grid size {int(np.prod(grid))} will likely result in GPU under-utilization "
+                f"due to low occupancy."))
+        return self.kernel[config]
+
+
+def no_low_occupancy_warning_case(mem, sizes, dtype):
+    """Small launches are small by design (a batch of a few rows, one block counting
+    labels): Numba's low-occupancy warning stays quiet for every kernel, on small sizes."""
+    module = kernels.get("cuda")
+    names = [name for name, obj in vars(module).items() if _is_kernel(obj)]
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    originals = {name: getattr(module, name) for name in names}
+    try:
+        if simulated:
+            for name in names:
+                setattr(module, name, WarnsLikeNumba(originals[name]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kernels.warm_up("cuda", dtype)
+    finally:
+        for name, kernel in originals.items():
+            setattr(module, name, kernel)
+
+
 def cases(mode):
     """{case name: function(mem)} for ``mode`` "sim" or "gpu"."""
     sizes = SIZES[mode]
@@ -380,6 +420,7 @@ def cases(mode):
         add(f"bad_labels[{dtype}]", bad_labels_case, dtype)
         add(f"warm_up[{dtype}]", warm_up_case, dtype)
         add(f"warm_up_launches_every_kernel[{dtype}]", warm_up_launches_every_kernel_case, dtype)
+        add(f"no_low_occupancy_warning[{dtype}]", no_low_occupancy_warning_case, dtype)
     if mode == "sim":  # the trainer keeps NumPy arrays: real only under the simulator
         add("train_mlp_adam[float64]", train_case, "float64")
     return out
