@@ -68,12 +68,15 @@ def warm_up(backend, dtype):
         kernels.act_backward(mat(k), out, activation, vec(k))
     # Few classes and many: cuda.py's softmax has a kernel for each (a thread per row up
     # to 32 classes, a block per row above), and each compiles on its first launch.
-    for classes in (k, 40):
-        kernels.softmax_xent(mat(classes), put(np.zeros(n, dtype=np.int64)), vec(classes))
+    # Each loss returns its sums, or keeps them on the device in ``totals`` (training).
     targets = put(np.array([0.0, 1.0], dtype=dtype))
-    kernels.logistic_loss_grad(mat(1), targets, vec(1))
-    kernels.hinge_loss_grad(mat(1), targets, vec(1))
-    kernels.squared_loss_grad(mat(k), mat(k), vec(k))
+    for totals in ((), (put(np.zeros(3, dtype=np.float64)),)):
+        for classes in (k, 40):
+            kernels.softmax_xent(mat(classes), put(np.zeros(n, dtype=np.int64)), vec(classes),
+                                 *totals)
+        kernels.logistic_loss_grad(mat(1), targets, vec(1), *totals)
+        kernels.hinge_loss_grad(mat(1), targets, vec(1), *totals)
+        kernels.squared_loss_grad(mat(k), mat(k), vec(k), *totals)
 
     mask = put(np.ones(k, dtype=np.uint8))
     for momentum, nesterov in ((0.0, False), (0.9, True)):

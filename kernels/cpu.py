@@ -175,27 +175,36 @@ def _squared_loss_grad(z, y, bias_grad):
     return 0.5 * loss_sum
 
 
-def softmax_xent(logits, labels, bias_grad):
+def _sums(totals, loss_sum, correct, rows):
+    """``(loss_sum, correct)`` as Python numbers, or None once they are in ``totals``."""
+    if totals is None:
+        return float(loss_sum), int(correct)
+    totals[0], totals[1], totals[2] = loss_sum, correct, rows
+    return None
+
+
+def softmax_xent(logits, labels, bias_grad, totals=None):
     """In place: ``logits`` becomes ``p - onehot(labels)``. Returns ``(loss_sum, correct)``."""
     loss_sum, correct = _softmax_xent(logits, labels, bias_grad)
-    return float(loss_sum), int(correct)
+    return _sums(totals, loss_sum, correct, logits.shape[0])
 
 
-def logistic_loss_grad(z, y, bias_grad):
+def logistic_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``."""
     loss_sum, correct = _logistic_loss_grad(z, y, bias_grad)
-    return float(loss_sum), int(correct)
+    return _sums(totals, loss_sum, correct, z.shape[0])
 
 
-def hinge_loss_grad(z, y, bias_grad):
+def hinge_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``."""
     loss_sum, correct = _hinge_loss_grad(z, y, bias_grad)
-    return float(loss_sum), int(correct)
+    return _sums(totals, loss_sum, correct, z.shape[0])
 
 
-def squared_loss_grad(z, y, bias_grad):
+def squared_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``z - y``. Returns ``0.5 * sum((z - y)**2)``."""
-    return float(_squared_loss_grad(z, y, bias_grad))
+    loss_sum = float(_squared_loss_grad(z, y, bias_grad))
+    return loss_sum if totals is None else _sums(totals, loss_sum, 0, z.shape[0])
 
 
 # --- optimiser kernels -----------------------------------------------------------

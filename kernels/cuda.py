@@ -12,7 +12,9 @@ plain NumPy arrays under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
   a fixed order. The activation derivative is applied in the first pass, so
   ``act_backward`` reads the gradient once.
 * Losses write dLoss/dz in place and leave one (loss, correct) partial per block; the
-  host adds those after one copy, the only synchronisation of a loss call.
+  host adds those after one copy, the only synchronisation of a loss call. Given
+  ``totals``, one thread adds them on the device instead and nothing is read: training
+  reads them with the rest of its step summary, once a step.
 * Every reduction adds in an order fixed by the shapes alone, never by atomics
   (which would need a zeroed buffer first and finish in any order), so the same
   inputs give the same bits on every run.
@@ -396,6 +398,28 @@ def _squared_rows(z, y, scratch):
     _store_loss_partials(loss, np.float64(0.0), scratch)
 
 
+@cuda.jit(cache=True)
+def _finish_totals(scratch, blocks, rows, check_labels, loss_scale, totals, bias_grad):
+    """One thread: ``totals`` = [loss sum, correct rows, rows] from the row kernel's
+    partials, added in block order. A bad label (counted in scratch[0]) makes the loss
+    and the bias gradient NaN: nothing reads the device here to raise, and the step's
+    non-finite check then stops on it, naming the rank."""
+    if cuda.grid(1) != 0:
+        return
+    loss = np.float64(0.0)
+    correct = np.float64(0.0)
+    for b in range(blocks):
+        loss += scratch[1 + b]
+        correct += scratch[1 + blocks + b]
+    if check_labels and scratch[0] != 0:
+        loss = np.float64(math.nan)
+        for j in range(bias_grad.shape[0]):
+            bias_grad[j] = math.nan
+    totals[0] = loss * loss_scale
+    totals[1] = correct
+    totals[2] = rows
+
+
 def _loss_scratch(n, k, blocks):
     """(scratch, its column-sum part) for a loss over (n, k) with ``blocks`` row blocks."""
     scratch = _scratch(1 + 2 * blocks + _column_scratch(n, k))
@@ -408,11 +432,19 @@ def _loss_totals(scratch, blocks):
     return host[0], float(host[1:1 + blocks].sum()), int(host[1 + blocks:].sum())
 
 
-def softmax_xent(logits, labels, bias_grad):
-    """In place: ``logits`` becomes ``p - onehot(labels)``. Returns ``(loss_sum, correct)``.
+def _keep_totals(scratch, blocks, rows, totals, bias_grad, check_labels=False, loss_scale=1.0):
+    _configure(_finish_totals, 1, 1)(scratch, blocks, rows, check_labels,
+                                     np.float64(loss_scale), totals, bias_grad)
+
+
+def softmax_xent(logits, labels, bias_grad, totals=None):
+    """In place: ``logits`` becomes ``p - onehot(labels)``. Returns ``(loss_sum, correct)``,
+    or with ``totals`` (float64, 3 elements, on the device) writes [loss_sum, correct,
+    rows] there and reads nothing back.
 
     Labels are checked on the device first; with one outside [0, k) nothing is
-    written and ValueError is raised.
+    written and ValueError is raised (with ``totals``: the loss and ``bias_grad`` are
+    NaN instead, see ``_finish_totals``).
     """
     n, k = logits.shape
     if k <= _SMALL_K:
@@ -423,6 +455,10 @@ def softmax_xent(logits, labels, bias_grad):
     scratch, cols = _loss_scratch(n, k, blocks)
     _configure(_count_bad_labels, 1, _pow2(n, 32, _MAX_THREADS))(labels, k, scratch)
     _configure(kernel, blocks, threads)(logits, labels, scratch)
+    if totals is not None:
+        _column_sums(logits, logits, _IDENTITY, bias_grad, cols)
+        _keep_totals(scratch, blocks, n, totals, bias_grad, check_labels=True)
+        return None
     bad, loss_sum, correct = _loss_totals(scratch, blocks)
     if bad:
         raise ValueError(f"class labels must lie in [0, {k})")
@@ -430,31 +466,40 @@ def softmax_xent(logits, labels, bias_grad):
     return loss_sum, correct
 
 
-def _binary_loss(kernel, z, y, bias_grad):
+def _binary_loss(kernel, z, y, bias_grad, totals):
     blocks, threads = _launch(z.shape[0])
     scratch, cols = _loss_scratch(z.shape[0], 1, blocks)
     _configure(kernel, blocks, threads)(z, y, scratch)
     _column_sums(z, z, _IDENTITY, bias_grad, cols)
+    if totals is not None:
+        _keep_totals(scratch, blocks, z.shape[0], totals, bias_grad)
+        return None
     _, loss_sum, correct = _loss_totals(scratch, blocks)
     return loss_sum, correct
 
 
-def logistic_loss_grad(z, y, bias_grad):
-    """In place: ``z`` becomes ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``."""
-    return _binary_loss(_logistic_rows, z, y, bias_grad)
+def logistic_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``
+    (``totals``: as ``softmax_xent``)."""
+    return _binary_loss(_logistic_rows, z, y, bias_grad, totals)
 
 
-def hinge_loss_grad(z, y, bias_grad):
-    """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``."""
-    return _binary_loss(_hinge_rows, z, y, bias_grad)
+def hinge_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``
+    (``totals``: as ``softmax_xent``)."""
+    return _binary_loss(_hinge_rows, z, y, bias_grad, totals)
 
 
-def squared_loss_grad(z, y, bias_grad):
-    """In place: ``z`` becomes ``z - y``. Returns ``0.5 * sum((z - y)**2)``."""
+def squared_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``z - y``. Returns ``0.5 * sum((z - y)**2)`` (``totals``:
+    as ``softmax_xent``, with 0 correct rows)."""
     blocks, threads = _launch(z.size)
     scratch, cols = _loss_scratch(*z.shape, blocks)
     _configure(_squared_rows, blocks, threads)(z, y, scratch)
     _column_sums(z, z, _IDENTITY, bias_grad, cols)
+    if totals is not None:
+        _keep_totals(scratch, blocks, z.shape[0], totals, bias_grad, loss_scale=0.5)
+        return None
     return 0.5 * _loss_totals(scratch, blocks)[1]
 
 

@@ -1,10 +1,16 @@
 """When the GPU device waits for the GPU: before freeing memory a stream may still use,
 and once a step, on the stand-in CuPy (``test_gpu.fake_cupy_module``) that logs every
 wait and every copy."""
+import json
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+from conftest import mpi_env
 from mpi_dml.devices import gpu_device
 from test_gpu import _Plan, comm, fake_gpu  # noqa: F401  (fixtures)
 
@@ -86,3 +92,19 @@ def test_batch_slots_are_freed_only_after_their_copies_and_steps_are_done(
     dev.close()
     assert "freed" in log, log
     assert waited_before_freeing(log), log
+
+
+COUNT_READS = Path(__file__).parent / "cuda_scripts" / "count_reads.py"
+
+
+@pytest.mark.parametrize("loss", ["softmax", "logistic", "hinge", "squared"])
+def test_a_training_step_reads_from_the_gpu_once(loss):
+    """The loss sums stay on the device and come back with the step's summary (|g|^2
+    and the control slots): one device-to-host read a step, the one that decides it."""
+    r = subprocess.run([sys.executable, str(COUNT_READS), "--loss", loss], capture_output=True,
+                       text=True, timeout=300, env=mpi_env())
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["reads"] == [1] * 8  # 2 epochs of 4 steps
+    # ... and the loss the metrics report is the reference's.
+    assert report["train_loss"] == pytest.approx(report["expected"], rel=1e-9)

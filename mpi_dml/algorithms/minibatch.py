@@ -46,6 +46,10 @@ class Minibatch(Algorithm):
         self.epoch = self.step = self.global_step = 0
         self.best_loss, self.stale = math.inf, 0  # early stopping (tol)
         self.stopped = False
+        # Where the model can leave a step's sums: on a GPU they stay there until the
+        # engine reads them with the step's summary, the step's one read.
+        self._stats = (dev.zeros(3, np.float64) if getattr(model, "keeps_totals", False)
+                       else None)
 
     # --- state ------------------------------------------------------------------------
     def buffer_size(self) -> int:
@@ -79,6 +83,10 @@ class Minibatch(Algorithm):
 
     def contribute(self, request, rows, buffer):
         xb, yb = rows
+        if self._stats is not None:
+            self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels,
+                                 totals=self._stats)
+            return self._stats
         loss, hits = self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels)
         return np.array([loss, hits, xb.shape[0]], dtype=np.float64)
 

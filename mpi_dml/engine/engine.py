@@ -35,6 +35,7 @@ from ..config import parse_interval
 from ..data.standardize import scaled, standardization
 from ..data.training import load_training
 from ..devices import select_device
+from ..devices.arrays import array_module
 from ..errors import AgreedError, Preempted, TrainingFailed, UserError
 from ..io.model_files import save_model
 from ..models import build_model
@@ -212,6 +213,8 @@ class Engine:
         rows, count = self._rows.get(request)
         t1 = time.perf_counter()
         stats = algo.contribute(request, rows, buf)
+        # Statistics left on the device come back with the step's summary below.
+        stats_on_device = array_module(stats) is not np
         mine = self._control_flags()
         if mine is None:
             control.fill(0)  # no host-to-device copy on the usual round
@@ -222,7 +225,10 @@ class Engine:
             dev.allreduce_(self.buffer)
             # One read from the device decides the round: |buf|^2 (NaN or Inf when any
             # element is) and the summed control slots.
-            seen = dev.to_host(consistency.step_summary(dev.xp, buf, control))
+            seen = dev.to_host(consistency.step_summary(
+                dev.xp, buf, control, stats if stats_on_device else None))
+        if stats_on_device:
+            seen, stats = seen[:1 + CONTROL_SLOTS], seen[1 + CONTROL_SLOTS:]
         t3 = time.perf_counter()
         if self._reduced_ok(seen[0], buf, request, rows):
             algo.apply(request, buf, count)

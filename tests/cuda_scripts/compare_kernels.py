@@ -164,6 +164,53 @@ def squared_case(mem, sizes, dtype):
     close(mem.get(bg_dev), bg_ref, dtype, scale=n + 1, what="bias_grad")
 
 
+def loss_problem(sizes, dtype, name, k=None):
+    """(z, targets, bias_grad width) for loss kernel ``name``."""
+    n = sizes["rows"] if k is None else sizes["softmax"][-1][0]
+    rng = rng_for("totals", name, dtype, n, k)
+    if name == "softmax_xent":
+        return (3 * rng.standard_normal((n, k))).astype(dtype), rng.integers(0, k, size=n), k
+    if name == "squared_loss_grad":
+        n, k = sizes["squared"]
+        return (rng.standard_normal((n, k)).astype(dtype),
+                rng.standard_normal((n, k)).astype(dtype), k)
+    return ((2 * rng.standard_normal((n, 1))).astype(dtype),
+            rng.integers(0, 2, size=n).astype(dtype), 1)
+
+
+def totals_case(mem, sizes, dtype, name, k=None):
+    """With ``totals`` a loss writes [loss sum, correct, rows] on the device, returns None,
+    and leaves the same outputs as without."""
+    cuda, ref = kernels.get("cuda"), kernels.get("reference")
+    z, target, width = loss_problem(sizes, dtype, name, k)
+    z_dev, z_ref = mem.pair(z)
+    bg_dev, bg_ref = mem.pair(np.full(width, 7.0, dtype))
+    totals = mem.put(np.full(3, -1.0))
+    assert getattr(cuda, name)(z_dev, mem.put(target), bg_dev, totals) is None
+    expected = getattr(ref, name)(z_ref, target, bg_ref)
+    loss, correct = expected if isinstance(expected, tuple) else (expected, 0)
+    got = mem.get(totals)
+    close(got[0], loss, dtype, scale=z.size + 1, what="loss sum in totals")
+    assert (got[1], got[2]) == (correct, len(z)), f"totals {got}, expected {correct}, {len(z)}"
+    close(mem.get(z_dev), z_ref, dtype, what="z")
+    close(mem.get(bg_dev), bg_ref, dtype, scale=len(z) + 1, what="bias_grad")
+    ref_totals = np.full(3, -1.0)  # the reference keeps the same contract
+    assert getattr(ref, name)(z.copy(), target, np.empty(width, dtype), ref_totals) is None
+    np.testing.assert_allclose(ref_totals, [loss, correct, len(z)], rtol=1e-12)
+
+
+def bad_labels_in_totals_case(mem, sizes, dtype):
+    """Nothing reads the device to raise: the loss and the bias gradient become NaN, which
+    the step's non-finite check stops on."""
+    cuda = kernels.get("cuda")
+    for k in (3, 40):
+        bias_grad, totals = mem.put(np.full(k, 7.0, dtype)), mem.put(np.zeros(3))
+        cuda.softmax_xent(mem.put(np.ones((2, k), dtype)), mem.put(np.array([0, k])), bias_grad,
+                          totals)
+        assert np.isnan(mem.get(totals)[0]), mem.get(totals)
+        assert np.isnan(mem.get(bias_grad)).all(), mem.get(bias_grad)
+
+
 def flat_problem(dtype, size, seed):
     rng = rng_for("flat", dtype, size, seed)
     param = rng.standard_normal(size).astype(dtype)
@@ -410,6 +457,11 @@ def cases(mode):
         for name in BINARY_LOSSES:
             add(f"{name}[{dtype}]", binary_case, dtype, name)
         add(f"squared_loss_grad[{dtype}]", squared_case, dtype)
+        for k in (5, 70):
+            add(f"softmax_xent_totals[{k}-{dtype}]", totals_case, dtype, "softmax_xent", k)
+        for name in (*BINARY_LOSSES, "squared_loss_grad"):
+            add(f"{name}_totals[{dtype}]", totals_case, dtype, name)
+        add(f"bad_labels_in_totals[{dtype}]", bad_labels_in_totals_case, dtype)
         for name in SGD_CASES:
             add(f"sgd_update[{name}-{dtype}]", sgd_case, dtype, name)
         for name in ADAM_CASES:
