@@ -80,10 +80,11 @@ def warm_up(backend, dtype):
 
     mask = put(np.ones(k, dtype=np.uint8))
     for momentum, nesterov in ((0.0, False), (0.9, True)):
-        kernels.sgd_update(vec(k), vec(k), vec(k), 0.1, momentum, nesterov, 0.0, 0.0, mask)
+        kernels.sgd_update(vec(k), vec(k), vec(k), 0.1, momentum, nesterov, 0.0, 0.0, mask,
+                           0.5)
     for decoupled in (False, True):
         kernels.adam_update(vec(k), vec(k), vec(k), vec(k), 1e-3, 0.9, 0.999, 1e-8, 1,
-                            0.0, decoupled, 0.0, mask)
+                            0.0, decoupled, 0.0, mask, 0.5)
 
 
 def _to_device(array):

@@ -164,8 +164,13 @@ def _shrink_weights(param, lr, l1, decay_mask):
     param[...] = np.where(decay_mask != 0, shrunk, param)
 
 
-def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
+def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask,
+               grad_scale=1.0):
     """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0, then L1.
+
+    The gradient used is ``grad * grad_scale``: training passes the summed gradient and
+    1 / (rows in the global batch), so the division costs no pass of its own; ``grad``
+    is only read.
 
     All arrays are flat and updated in place (``param`` always, ``velocity`` only
     when ``momentum != 0``). Weight decay (L2) is added to the gradient of the weights;
@@ -177,7 +182,7 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, 
     gradients, so with momentum a weight settles where its gradient is
     ``(1 - momentum) * l1`` rather than ``l1`` (and stays at 0 below that).
     """
-    g = _regularized(grad, param, weight_decay, decay_mask)
+    g = _regularized(grad * grad_scale, param, weight_decay, decay_mask)
     if momentum != 0:
         velocity[...] = momentum * velocity + g
         step = g + momentum * velocity if nesterov else velocity
@@ -188,9 +193,10 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, 
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, decoupled,
-                l1, decay_mask):
+                l1, decay_mask, grad_scale=1.0):
     """Adam (L2 in the gradient) or AdamW (``decoupled``: decay applied to the
-    weights directly), PyTorch semantics, then L1. ``step`` counts from 1.
+    weights directly), PyTorch semantics, then L1. ``step`` counts from 1; the gradient
+    is ``grad * grad_scale``, as in ``sgd_update``.
 
     ``param``, ``m`` and ``v`` are updated in place. L1 is applied after the update as
     a proximal step (``_shrink_weights``): each weight moves ``lr * l1`` towards 0 and
@@ -201,7 +207,7 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, de
     about ``lr`` for any weight whose gradient is near 0, so such weights would jump
     across 0 every step rather than settle at it.
     """
-    g = _regularized(grad, param, 0.0 if decoupled else weight_decay, decay_mask)
+    g = _regularized(grad * grad_scale, param, 0.0 if decoupled else weight_decay, decay_mask)
     if decoupled:
         param -= lr * weight_decay * param * decay_mask
     m[...] = beta1 * m + (1 - beta1) * g

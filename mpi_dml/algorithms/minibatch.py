@@ -1,8 +1,8 @@
 """Minibatch gradient descent: one global batch per round, one fused optimizer step.
 
     contribute: the batch's summed loss gradient (model.loss_grad), into the buffer
-    apply:      gradient / rows in the global batch, then SGD, Adam or AdamW with the
-                learning rate of the schedule at this step
+    apply:      SGD, Adam or AdamW on gradient / rows in the global batch (the division
+                inside the update's one pass), with the learning rate of the schedule
 
 Batches come from the engine's data plan (``Batch``), which fixes every batch's rows
 from the seed, the epoch and the batch size alone, so the same rows meet the same
@@ -91,8 +91,8 @@ class Minibatch(Algorithm):
         return np.array([loss, hits, xb.shape[0]], dtype=np.float64)
 
     def apply(self, request, buffer, count: int):
-        buffer *= 1.0 / count
-        self.opt.step(self.params, buffer, self.lr(self.global_step))
+        # Divided by the rows inside the update: no pass over the buffer of its own.
+        self.opt.step(self.params, buffer, self.lr(self.global_step), 1.0 / count)
         self._advance()
 
     def skip(self, request):

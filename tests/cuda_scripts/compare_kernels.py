@@ -77,9 +77,9 @@ class Counting:
     def __getattr__(self, name):
         fn = getattr(self.module, name)
 
-        def counted(*args):
+        def counted(*args, **kwargs):
             self.calls[name] = self.calls.get(name, 0) + 1
-            return fn(*args)
+            return fn(*args, **kwargs)
         return counted
 
 
@@ -249,6 +249,33 @@ def adam_case(mem, sizes, dtype, name):
     close(mem.get(p_dev), p_ref, dtype, what="param")
     close(mem.get(m_dev), m_ref, dtype, what="m")
     close(mem.get(v_dev), v_ref, dtype, what="v")
+
+
+def scaled_update_case(mem, sizes, dtype, name):
+    """The summed gradient and 1 / count go in; the update is the reference's on the
+    gradient already divided, and the gradient is only read."""
+    cuda, ref = kernels.get("cuda"), kernels.get("reference")
+    param, grads, mask = flat_problem(dtype, sizes["flat"], "scaled-" + name)
+    p_dev, p_ref = mem.pair(param)
+    s_dev = [mem.pair(np.zeros(param.size, dtype)) for _ in range(2)]
+    mask_dev, count = mem.put(mask), 48
+    for step, grad in enumerate(grads, start=1):
+        summed = (grad * count).astype(dtype)
+        g_dev = mem.put(summed)
+        scaled = summed * np.dtype(dtype).type(1.0 / count)
+        if name == "sgd":
+            cuda.sgd_update(p_dev, g_dev, s_dev[0][0], 0.1, 0.9, True, 1e-2, 1e-3, mask_dev,
+                            1.0 / count)
+            ref.sgd_update(p_ref, scaled, s_dev[0][1], 0.1, 0.9, True, 1e-2, 1e-3, mask)
+        else:
+            args = (1e-2, 0.9, 0.999, 1e-8, step, 1e-2, name == "adamw", 1e-3)
+            cuda.adam_update(p_dev, g_dev, s_dev[0][0], s_dev[1][0], *args, mask_dev,
+                             1.0 / count)
+            ref.adam_update(p_ref, scaled, s_dev[0][1], s_dev[1][1], *args, mask)
+        np.testing.assert_array_equal(mem.get(g_dev), summed, err_msg="the gradient was written")
+    close(mem.get(p_dev), p_ref, dtype, what="param")
+    for (dev, host), what in zip(s_dev, ("velocity or m", "v")):
+        close(mem.get(dev), host, dtype, what=what)
 
 
 L1_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -468,6 +495,8 @@ def cases(mode):
             add(f"adam_update[{name}-{dtype}]", adam_case, dtype, name)
         for name in L1_OPTIMIZERS:
             add(f"l1_proximal_step[{name}-{dtype}]", l1_case, dtype, name)
+        for name in ("sgd", "adam", "adamw"):
+            add(f"scaled_update[{name}-{dtype}]", scaled_update_case, dtype, name)
         add(f"known_values[{dtype}]", known_values_case, dtype)
         add(f"bad_labels[{dtype}]", bad_labels_case, dtype)
         add(f"warm_up[{dtype}]", warm_up_case, dtype)
