@@ -267,7 +267,7 @@ def fake_cupy_module():
     runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1, deviceGetPCIBusId=lambda i: f"0000:0{i}:00.0",
         getDeviceProperties=lambda i: {"name": b"Stand-in GPU"},
-        memcpyHostToDevice=1, memcpyDeviceToHost=2,
+        memcpyHostToDevice=1, memcpyDeviceToHost=2, memGetInfo=lambda: (8 << 30, 80 << 30),
         memcpyAsync=lambda dst, src, n, kind, stream: ctypes.memmove(dst, src, n))
     m.cuda = types.SimpleNamespace(runtime=runtime, Device=_Device, Stream=_Stream,
                                    Event=_Event, get_current_stream=lambda: current,
@@ -317,7 +317,8 @@ def test_device_batches_are_the_plans_rows_in_pinned_slots(fake_gpu, comm):
     dev = gpu_device.GpuDevice(comm, np.float64)
     assert dev.kind == "gpu" and dev.xp is fake_gpu
     assert dev.describe() == {"device": "gpu", "gpu": "Stand-in GPU (device 0 of 1 visible)",
-                              "exchange": "none", "why": "one rank: no gradients to exchange"}
+                              "exchange": "none", "why": "one rank: no gradients to exchange",
+                              "data_on_device": False}
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 3)), rng.integers(0, 3, 40)
     sizes = [8, 5, 0, 8, 3, 7]

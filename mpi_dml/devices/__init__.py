@@ -16,6 +16,8 @@ from ..errors import UserError
 from .cpu import CpuDevice
 
 DEVICES = ("auto", "cpu", "gpu")
+# --data-on-device: where a GPU keeps the rank's training rows (see GpuDevice.place_rows).
+ROW_PLACEMENTS = ("auto", "yes", "no")
 
 
 def select_device(requested: str, comm, dtype, *, kernels=None, exchange: str = "auto"):

@@ -32,6 +32,7 @@ class GpuDevice:
         self.comm = comm
         self.dtype = np.dtype(dtype)
         self.index = None
+        self.rows_on_device = False
         self._nccl = None
         self._slots = []
         self._prefetch = None
@@ -146,10 +147,32 @@ class GpuDevice:
         self.xp.cuda.Device(self.index).synchronize()
 
     # --- batches ------------------------------------------------------------------------
+    def place_rows(self, x, y, mode):
+        """The rows batches are gathered from, for ``--data-on-device mode``: in GPU memory
+        (``yes``, or ``auto`` when they take at most half of its free memory, leaving the
+        rest to the steps), else where they are. Rows in GPU memory cross PCIe once, here;
+        rows on the host cross it batch by batch."""
+        nbytes = x.nbytes + y.nbytes
+        if mode == "auto":
+            free, _ = self.xp.cuda.runtime.memGetInfo()
+            mode = "yes" if nbytes <= free // 2 else "no"
+        if mode == "no":
+            return x, y
+        try:
+            placed = self.xp.asarray(x), self.xp.asarray(y)
+        except Exception as exc:
+            raise UserError(f"--device gpu: --data-on-device yes: putting this rank's {len(x)} "
+                            f"training rows ({nbytes:,} bytes) in GPU memory failed: "
+                            f"{type(exc).__name__}: {gpu.first_line(exc).rstrip('.')}; use "
+                            f"--data-on-device auto or no") from None
+        self.rows_on_device = True
+        return placed
+
     def batches(self, x, y, plan, start, stop):
         """Device (x, y) rows of this rank for steps ``start`` to ``stop - 1`` of ``plan``.
 
-        A helper thread gathers each step's rows on the host into pinned memory and
+        Rows already in GPU memory (``place_rows``) are gathered there, by one kernel a
+        batch, from row numbers that cross PCIe once an epoch. Otherwise a helper thread gathers each step's rows on the host into pinned memory and
         copies them to the GPU on a stream of their own, up to two steps ahead: the
         gather and the copy of step s+1 run while step s computes (and while the main
         thread waits for the GPU), and each batch crosses PCIe once. Events order the
@@ -160,6 +183,9 @@ class GpuDevice:
             self._prefetch.stop()  # an earlier generator left unfinished
         indices = [plan.local_indices(step) for step in range(start, stop)]
         if not indices:
+            return
+        if isinstance(x, self.xp.ndarray):
+            yield from self._gathered_on_device(x, y, indices)
             return
         slots = self._batch_slots(max(len(i) for i in indices), x, y)
         compute = self.xp.cuda.get_current_stream()
@@ -177,6 +203,14 @@ class GpuDevice:
                 prefetch.release(i % 2)
         finally:
             prefetch.stop()
+
+    def _gathered_on_device(self, x, y, indices):
+        xp = self.xp
+        rows = xp.asarray(np.concatenate(indices).astype(np.int64, copy=False))
+        ends = np.cumsum([len(idx) for idx in indices])
+        for end, idx in zip(ends, indices):
+            picked = rows[end - len(idx):end]
+            yield xp.take(x, picked, axis=0), xp.take(y, picked, axis=0)
 
     def _batch_slots(self, cap, x, y):
         if not (self._slots and all(s.fits(cap, x, y) for s in self._slots)):
@@ -241,7 +275,8 @@ class GpuDevice:
     def describe(self) -> dict:
         return {"device": "gpu",
                 "gpu": f"{self.name} (device {self.index} of {self.n_visible} visible)",
-                "exchange": self.exchange, "why": self.why}
+                "exchange": self.exchange, "why": self.why,
+                "data_on_device": self.rows_on_device}
 
     def close(self):
         if self._nccl is not None:

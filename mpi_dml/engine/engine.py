@@ -147,6 +147,9 @@ class Engine:
         self.x = scaled(data.train.x, dtype, self.scale)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
         self.y = model.labels(data.train.y, dtype)
+        # A GPU may keep the rows in its memory (--data-on-device); agreed, as it may fail.
+        self.x, self.y = dev.setup_step("placing the training rows", dev.place_rows, self.x,
+                                        self.y, cfg.data_on_device)
 
     def _allocate(self, model, host, n_train, dtype):
         algorithm = self.make_algorithm(self.cfg, model, self.dev, host, n_train=n_train)
