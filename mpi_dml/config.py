@@ -173,6 +173,10 @@ class RuntimeSettings:
                                           "and gather batches there: auto (when they take at "
                                           "most half its free memory), yes or no",
                                   applies=_ON_GPU)
+    tf32: bool = setting(False, "GPU, float32: matrix products on TF32 tensor cores (inputs "
+                                "rounded to 10 bits of mantissa; faster, less exact)",
+                         applies=(lambda c: c.device != "cpu" and c.dtype == "float32",
+                                  lambda c: "it applies to float32 on a GPU"))
     checkpoint_every: str = setting("", "checkpoint every N steps, or every 90s/10m/2h")
     keep: int = setting(3, "checkpoints to keep (default 3)")
     resume: str = setting("", "'' fresh; 'latest' or 'auto' in --out; or a checkpoint path")

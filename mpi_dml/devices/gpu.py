@@ -33,6 +33,8 @@ from __future__ import annotations
 import os
 import warnings
 
+import numpy
+
 from .gpu_exchange import (
     bind_index,
     choose_exchange,
@@ -111,6 +113,22 @@ def unavailable_reason() -> str | None:
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
         return f"CuPy sees no GPU on this node{hint}"
     return None
+
+
+def set_float32_products(cupy, tf32: bool):
+    """How cuBLAS multiplies float32 matrices in this process, for CuPy: on TF32 tensor
+    cores (inputs rounded to 10 bits of mantissa, sums in float32) or in full float32.
+    Returns the setting it replaced, to put back."""
+    core = cupy._core
+    kinds = core._routines_linalg
+    previous = core.get_compute_type(numpy.float32)
+    core.set_compute_type(numpy.float32,
+                          kinds.COMPUTE_TYPE_TF32 if tf32 else kinds.COMPUTE_TYPE_DEFAULT)
+    return previous
+
+
+def restore_float32_products(cupy, previous):
+    cupy._core.set_compute_type(numpy.float32, previous)
 
 
 def nccl_module():

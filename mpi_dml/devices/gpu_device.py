@@ -28,10 +28,11 @@ class GpuDevice:
 
     kind = "gpu"
 
-    def __init__(self, comm, dtype, *, exchange: str = "auto"):
+    def __init__(self, comm, dtype, *, exchange: str = "auto", tf32: bool = False):
         self.comm = comm
         self.dtype = np.dtype(dtype)
         self.index = None
+        self._products = None
         self.rows_on_device = False
         self._nccl = None
         self._slots = []
@@ -41,6 +42,9 @@ class GpuDevice:
         # Each step is agreed: a failure on one rank stops every rank with one message,
         # where the others would otherwise wait for it in the next collective.
         self.index, self.name, self.n_visible = comm.agreed(self._bind, cupy)
+        # --tf32: float32 products on tensor cores with 10-bit inputs; put back on close.
+        self.tf32 = bool(tf32)
+        self._products = gpu.set_float32_products(cupy, self.tf32)
         self.kernels = self.setup_step(f"compiling the CUDA kernels on GPU {self.index}",
                                        _cuda_kernels, self.dtype, self.index)
         self.copy_stream, self._staged = self.setup_step(
@@ -276,7 +280,7 @@ class GpuDevice:
         return {"device": "gpu",
                 "gpu": f"{self.name} (device {self.index} of {self.n_visible} visible)",
                 "exchange": self.exchange, "why": self.why,
-                "data_on_device": self.rows_on_device}
+                "data_on_device": self.rows_on_device, "tf32": self.tf32}
 
     def close(self):
         if self._nccl is not None:
@@ -290,6 +294,9 @@ class GpuDevice:
         if self._staging is not None:
             self._staged.synchronize()  # the last copy out of the staging buffer is done
         self._staging = None
+        if self._products is not None:
+            gpu.restore_float32_products(self.xp, self._products)
+            self._products = None
 
 
 def _as_user_error(what, fn, *args, **kwargs):

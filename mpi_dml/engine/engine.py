@@ -100,7 +100,8 @@ class Engine:
         with self._stop_signals() as stop:
             self.stop = stop
             dev = self.dev = self.device or select_device(
-                cfg.device, comm, cfg.dtype, kernels=self.kernels, exchange=cfg.gpu_exchange)
+                cfg.device, comm, cfg.dtype, kernels=self.kernels, exchange=cfg.gpu_exchange,
+                tf32=cfg.tf32)
             try:
                 if self.data is None:
                     self.data = load_training(cfg, comm)
