@@ -9,6 +9,7 @@ says which rank, on which host, and why.
 
     $ python -m pytest -q tests/test_gpu_setup_mpi.py
 """
+import ctypes
 import os
 import socket
 import sys
@@ -135,8 +136,10 @@ def _fake_nccl(world):
     """A stand-in for cupy.cuda.nccl. Creating a communicator is a rendezvous outside
     MPI, as NCCL's is: the ranks that get there wait (here, in a barrier) until every
     rank has arrived; one that fails instead never arrives."""
+    from mpi4py import MPI
+
     nccl = types.ModuleType("cupy.cuda.nccl")
-    nccl.available, nccl.fail = True, False
+    nccl.available, nccl.fail, nccl.calls = True, False, 0
     nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64, nccl.NCCL_SUM = 7, 8, 0
     nccl.NcclError = NcclError
     nccl.get_version = lambda: 22903
@@ -150,7 +153,11 @@ def _fake_nccl(world):
             world.Barrier()
 
         def allReduce(self, send, recv, count, dtype, op, stream):
-            raise AssertionError("not used by these tests")
+            """Sums through MPI: the stand-in's device memory is host memory."""
+            assert send == recv and op == nccl.NCCL_SUM
+            kind = {nccl.NCCL_FLOAT32: ctypes.c_float, nccl.NCCL_FLOAT64: ctypes.c_double}[dtype]
+            world.Allreduce(MPI.IN_PLACE, np.ctypeslib.as_array((kind * count).from_address(recv)))
+            nccl.calls += 1
 
         def destroy(self):
             pass

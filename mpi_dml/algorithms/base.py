@@ -96,6 +96,9 @@ class Algorithm:
     period_name = "period"
     periods = 0
     can_skip = False
+    # True when contribute takes ``ready=`` (a function to call with ``end`` once
+    # ``buffer[:end]`` is final): the device may then start the exchange early.
+    streams_gradient = False
 
     def buffer_size(self) -> int:
         raise NotImplementedError

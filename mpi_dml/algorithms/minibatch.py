@@ -34,6 +34,7 @@ class Minibatch(Algorithm):
     name = "minibatch"
     period_name = "epoch"
     can_skip = True
+    streams_gradient = True
 
     def __init__(self, solver, model, dev, params, *, n_train: int):
         self.solver, self.model, self.dev = solver, model, dev
@@ -81,11 +82,13 @@ class Minibatch(Algorithm):
         return Batch(self.epoch, self.step, self.steps, self.solver.batch_size,
                      self.solver.seed)
 
-    def contribute(self, request, rows, buffer):
+    def contribute(self, request, rows, buffer, ready=None):
         xb, yb = rows
         if self._stats is not None:
+            more = {"ready": ready} if ready and getattr(self.model, "streams_gradient",
+                                                         False) else {}
             self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels,
-                                 totals=self._stats)
+                                 totals=self._stats, **more)
             return self._stats
         loss, hits = self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels)
         return np.array([loss, hits, xb.shape[0]], dtype=np.float64)

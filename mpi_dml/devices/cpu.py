@@ -37,6 +37,11 @@ class CpuDevice:
             idx = plan.local_indices(step)
             yield x[idx], y[idx]
 
+    def exchange_as_ready(self, buf):
+        """None: the exchange waits for the whole buffer. An Iallreduce per finished layer
+        was measured no faster at 2 ranks (MPI progresses it only inside MPI calls)."""
+        return None
+
     def allreduce_(self, buf):
         return self.comm.allreduce_(buf)
 

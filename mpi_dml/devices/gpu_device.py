@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import EXIT_USER_ERROR, AgreedError, UserError
 from . import gpu
 from .gpu_exchange import bind_index, choose_exchange, sharing_warning
+from .gpu_overlap import EarlyExchange
 from .prefetch import BatchSlot, Prefetch, pinned
 
 
@@ -33,6 +34,7 @@ class GpuDevice:
         self.dtype = np.dtype(dtype)
         self.index = None
         self._products = None
+        self._early = None
         self.rows_on_device = False
         self._nccl = None
         self._slots = []
@@ -60,6 +62,7 @@ class GpuDevice:
                                 np.dtype(np.float64): nccl.NCCL_FLOAT64}
             # Last: NCCL's start is a rendezvous outside MPI (see _nccl_communicator).
             self._nccl = self._nccl_communicator()
+            self._early = EarlyExchange(cupy, nccl, self._nccl, self._nccl_types)
         elif self.exchange == "cuda-aware":
             self._confirm_cuda_aware(forced=exchange == "cuda-aware")
 
@@ -245,6 +248,12 @@ class GpuDevice:
             rt.memcpyAsync(host.ctypes.data, dev.data.ptr, nbytes, rt.memcpyDeviceToHost, stream.ptr)
 
     # --- the gradient exchange ------------------------------------------------------------
+    def exchange_as_ready(self, buf):
+        """``ready(end)`` for a backward that fills ``buf`` from the front: with NCCL, each
+        finished part is summed at once on a stream of its own (``gpu_overlap``); None
+        where the exchange waits for the whole buffer (host and CUDA-aware MPI)."""
+        return None if self._early is None else self._early.start(buf)
+
     def allreduce_(self, buf):
         """Sum ``buf`` (a contiguous device array) over ranks, in place."""
         if self.exchange == "none":
@@ -253,6 +262,8 @@ class GpuDevice:
             raise ValueError("allreduce_ needs a contiguous buffer")
         stream = self.xp.cuda.get_current_stream()
         if self.exchange == "nccl":
+            if self._early.finish(buf):  # parts went during backward: the rest follows
+                return buf
             # Queued on the compute stream like any kernel; nothing waits for it here.
             nccl = self._nccl_lib
             self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size,

@@ -216,7 +216,13 @@ class Engine:
         t0 = time.perf_counter()
         rows, count = self._rows.get(request)
         t1 = time.perf_counter()
-        stats = algo.contribute(request, rows, buf)
+        # A device that can start the exchange during backward is told what is final.
+        ready = dev.exchange_as_ready(self.buffer) if getattr(
+            algo, "streams_gradient", False) else None
+        if ready is None:
+            stats = algo.contribute(request, rows, buf)
+        else:
+            stats = algo.contribute(request, rows, buf, ready=ready)
         # Statistics left on the device come back with the step's summary below.
         stats_on_device = array_module(stats) is not np
         mine = self._control_flags()

@@ -120,15 +120,25 @@ class Model:
             acts.append(z)
         return acts
 
-    # loss_grad takes ``totals`` (see models.protocol).
+    # loss_grad takes ``totals`` and ``ready`` (see models.protocol).
     keeps_totals = True
+    streams_gradient = True
 
-    def loss_grad(self, params, grads, x, y, k, totals=None) -> tuple[float, int] | None:
+    def layer_ends(self) -> list[int]:
+        """For each layer, output to input: where in the flat buffer its parameters end.
+        Backward finishes the layers in this order, so each end closes a finished prefix."""
+        return [self.params[2 * i + 1][2] + self.layers[i].n_out
+                for i in reversed(range(len(self.layers)))]
+
+    def loss_grad(self, params, grads, x, y, k, totals=None,
+                  ready=None) -> tuple[float, int] | None:
         """Overwrite ``grads`` with the gradient summed (not averaged) over the rows of x.
 
         Returns (loss summed over rows, correctly classified rows; 0 for regression), or
         with ``totals`` (a float64 array of 3 where ``params`` is) writes [loss sum,
         correct rows, rows] there and returns None, so a GPU is not waited for here.
+        ``ready(end)``, if given, is called as soon as ``grads[:end]`` is final (once a
+        layer, ``layer_ends``), so an exchange can start on it while backward goes on.
         """
         xp = array_module(params)
         acts = self.forward(params, x, k)
@@ -143,9 +153,12 @@ class Model:
         else:
             loss, correct = loss_kernel(out, y, gb_last)
         delta = out  # the loss kernel turned the output into dLoss/dz in place
+        ends = self.layer_ends()
         for i in reversed(range(len(self.layers))):
             gw, gb = gviews[i]
             xp.matmul(acts[i].T, delta, out=gw)
+            if ready is not None:  # layer i's weights and bias are final, and all after it
+                ready(ends[len(self.layers) - 1 - i])
             if i == 0:
                 break
             upstream = xp.matmul(delta, pviews[i][0].T)

@@ -23,6 +23,9 @@ them on any number of ranks.
                                        [loss_sum, correct, rows] there and returns None:
                                        on a GPU the sums are then read with the step's
                                        summary instead of on their own
+    streams_gradient: bool (optional)  True when ``loss_grad`` also takes ``ready=``, a
+                                       function it calls with ``end`` once ``grads[:end]``
+                                       is final, so a GPU exchange starts during backward
     evaluate(params, x, y, kernels) -> (loss_sum, correct, raw outputs)
                                        the same sums without a gradient (validation)
     labels(y, dtype) -> array          labels in the form ``loss_grad`` takes them
