@@ -49,9 +49,9 @@ def step_summary(xp, grads, control, stats=None):
     """[|grads|^2, *control, *stats] as one small array, so one device read serves all
     three (``stats``: a step's statistics still on the device, if any). The norm is NaN
     or Inf if any element is (or if the squares overflow; ``all_finite`` then decides)."""
-    parts = (xp.dot(grads, grads).reshape(1), control) + (() if stats is None else (stats,))
     with np.errstate(over="ignore", invalid="ignore"):
-        return xp.concatenate(parts)
+        norm = xp.dot(grads, grads).reshape(1)
+    return xp.concatenate((norm, control) + (() if stats is None else (stats,)))
 
 
 def all_finite(xp, grads) -> bool:
