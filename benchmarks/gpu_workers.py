@@ -141,7 +141,8 @@ def worker_mpi_dml(args):
         num_classes=n_classes(args.model), optimizer="sgd", lr=LR, momentum=MOMENTUM,
         batch_size=PER_RANK * comm.size, epochs=args.epochs, seed=0, dtype="float32",
         shards=PER_RANK * comm.size, threads=1, progress="none", device="gpu",
-        gpu_exchange=args.gpu_exchange)
+        # Batches from pinned host memory, as the torch worker's: the same input pipeline.
+        gpu_exchange=args.gpu_exchange, data_on_device="no")
     Engine(cfg, comm=comm).fit()
     if comm.is_root:
         out = Path(args.out)

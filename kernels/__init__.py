@@ -44,7 +44,8 @@ def get(backend="cpu"):
 
 
 def warm_up(backend, dtype):
-    """Call every kernel once on tiny ``dtype`` arrays so JIT compilation happens now.
+    """Call every kernel once on tiny ``dtype`` arrays so JIT compilation happens now,
+    every path that training can take included.
 
     The argument types match what training passes (C-contiguous arrays, int64
     labels, uint8 decay masks), so the compiled versions are the ones reused later.
@@ -65,18 +66,25 @@ def warm_up(backend, dtype):
         out = mat(k)
         kernels.bias_act_forward(out, vec(k), activation)
         kernels.act_backward(mat(k), out, activation, vec(k))
-    kernels.softmax_xent(mat(k), put(np.zeros(n, dtype=np.int64)), vec(k))
+    # Few classes and many: cuda.py's softmax has a kernel for each (a thread per row up
+    # to 32 classes, a block per row above), and each compiles on its first launch.
+    # Each loss returns its sums, or keeps them on the device in ``totals`` (training).
     targets = put(np.array([0.0, 1.0], dtype=dtype))
-    kernels.logistic_loss_grad(mat(1), targets, vec(1))
-    kernels.hinge_loss_grad(mat(1), targets, vec(1))
-    kernels.squared_loss_grad(mat(k), mat(k), vec(k))
+    for totals in ((), (put(np.zeros(3, dtype=np.float64)),)):
+        for classes in (k, 40):
+            kernels.softmax_xent(mat(classes), put(np.zeros(n, dtype=np.int64)), vec(classes),
+                                 *totals)
+        kernels.logistic_loss_grad(mat(1), targets, vec(1), *totals)
+        kernels.hinge_loss_grad(mat(1), targets, vec(1), *totals)
+        kernels.squared_loss_grad(mat(k), mat(k), vec(k), *totals)
 
     mask = put(np.ones(k, dtype=np.uint8))
     for momentum, nesterov in ((0.0, False), (0.9, True)):
-        kernels.sgd_update(vec(k), vec(k), vec(k), 0.1, momentum, nesterov, 0.0, 0.0, mask)
+        kernels.sgd_update(vec(k), vec(k), vec(k), 0.1, momentum, nesterov, 0.0, 0.0, mask,
+                           0.5)
     for decoupled in (False, True):
         kernels.adam_update(vec(k), vec(k), vec(k), vec(k), 1e-3, 0.9, 0.999, 1e-8, 1,
-                            0.0, decoupled, 0.0, mask)
+                            0.0, decoupled, 0.0, mask, 0.5)
 
 
 def _to_device(array):

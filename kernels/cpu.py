@@ -175,27 +175,36 @@ def _squared_loss_grad(z, y, bias_grad):
     return 0.5 * loss_sum
 
 
-def softmax_xent(logits, labels, bias_grad):
+def _sums(totals, loss_sum, correct, rows):
+    """``(loss_sum, correct)`` as Python numbers, or None once they are in ``totals``."""
+    if totals is None:
+        return float(loss_sum), int(correct)
+    totals[0], totals[1], totals[2] = loss_sum, correct, rows
+    return None
+
+
+def softmax_xent(logits, labels, bias_grad, totals=None):
     """In place: ``logits`` becomes ``p - onehot(labels)``. Returns ``(loss_sum, correct)``."""
     loss_sum, correct = _softmax_xent(logits, labels, bias_grad)
-    return float(loss_sum), int(correct)
+    return _sums(totals, loss_sum, correct, logits.shape[0])
 
 
-def logistic_loss_grad(z, y, bias_grad):
+def logistic_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``."""
     loss_sum, correct = _logistic_loss_grad(z, y, bias_grad)
-    return float(loss_sum), int(correct)
+    return _sums(totals, loss_sum, correct, z.shape[0])
 
 
-def hinge_loss_grad(z, y, bias_grad):
+def hinge_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``."""
     loss_sum, correct = _hinge_loss_grad(z, y, bias_grad)
-    return float(loss_sum), int(correct)
+    return _sums(totals, loss_sum, correct, z.shape[0])
 
 
-def squared_loss_grad(z, y, bias_grad):
+def squared_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``z - y``. Returns ``0.5 * sum((z - y)**2)``."""
-    return float(_squared_loss_grad(z, y, bias_grad))
+    loss_sum = float(_squared_loss_grad(z, y, bias_grad))
+    return loss_sum if totals is None else _sums(totals, loss_sum, 0, z.shape[0])
 
 
 # --- optimiser kernels -----------------------------------------------------------
@@ -211,11 +220,11 @@ def _shrink(p, shrink, zero):
 
 @numba.njit(cache=True, error_model="numpy")
 def _sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, shrink,
-                decay_mask):
+                decay_mask, grad_scale):
     zero = param.dtype.type(0)
     for i in range(param.shape[0]):
         p = param[i]
-        g = grad[i]
+        g = grad[i] * grad_scale
         if decay_mask[i]:
             g = g + weight_decay * p
         if momentum != 0:
@@ -232,11 +241,12 @@ def _sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, shr
 
 @numba.njit(cache=True, error_model="numpy")
 def _adam_update(param, grad, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                 eps, bias_corr1, bias_corr2, l2, decoupled_scale, shrink, decay_mask):
+                 eps, bias_corr1, bias_corr2, l2, decoupled_scale, shrink, decay_mask,
+                 grad_scale):
     zero = param.dtype.type(0)
     for i in range(param.shape[0]):
         p = param[i]
-        g = grad[i]
+        g = grad[i] * grad_scale
         if decay_mask[i]:
             g = g + l2 * p
             p = p - decoupled_scale * p
@@ -252,23 +262,25 @@ def _adam_update(param, grad, m, v, lr, beta1, one_minus_beta1, beta2, one_minus
         param[i] = p
 
 
-def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
+def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask,
+               grad_scale=1.0):
     """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0, then the
-    L1 proximal step on the weights (see reference.py). In place."""
+    L1 proximal step on the weights (see reference.py), on ``grad * grad_scale``. In place;
+    ``grad`` is only read."""
     dt = param.dtype.type
     # lr * l1 is rounded once to the dtype, as the reference's weak Python scalar is.
     _sgd_update(param, grad, velocity, dt(lr), dt(momentum), bool(nesterov),
-                dt(weight_decay), dt(lr * l1), decay_mask)
+                dt(weight_decay), dt(lr * l1), decay_mask, dt(grad_scale))
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, decoupled,
-                l1, decay_mask):
+                l1, decay_mask, grad_scale=1.0):
     """Adam / AdamW (``decoupled``), PyTorch semantics, then the L1 proximal step on the
-    weights (see reference.py); ``step`` counts from 1. In place."""
+    weights (see reference.py), on ``grad * grad_scale``; ``step`` counts from 1. In place."""
     dt = param.dtype.type
     # One kernel covers both: Adam puts the decay in the gradient (l2), AdamW
     # shrinks the weight directly (decoupled_scale); the other term is zero.
     l2, decoupled_scale = (0.0, lr * weight_decay) if decoupled else (weight_decay, 0.0)
     _adam_update(param, grad, m, v, dt(lr), dt(beta1), dt(1 - beta1), dt(beta2),
                  dt(1 - beta2), dt(eps), dt(1 - beta1**step), dt(1 - beta2**step),
-                 dt(l2), dt(decoupled_scale), dt(lr * l1), decay_mask)
+                 dt(l2), dt(decoupled_scale), dt(lr * l1), decay_mask, dt(grad_scale))

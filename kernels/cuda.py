@@ -12,7 +12,9 @@ plain NumPy arrays under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
   a fixed order. The activation derivative is applied in the first pass, so
   ``act_backward`` reads the gradient once.
 * Losses write dLoss/dz in place and leave one (loss, correct) partial per block; the
-  host adds those after one copy, the only synchronisation of a loss call.
+  host adds those after one copy, the only synchronisation of a loss call. Given
+  ``totals``, one thread adds them on the device instead and nothing is read: training
+  reads them with the rest of its step summary, once a step.
 * Every reduction adds in an order fixed by the shapes alone, never by atomics
   (which would need a zeroed buffer first and finish in any order), so the same
   inputs give the same bits on every run.
@@ -28,6 +30,7 @@ import math
 
 import numpy as np
 from numba import cuda
+from numba.core import config as numba_config
 
 from .reference import ACTIVATIONS, check_activation
 
@@ -65,6 +68,23 @@ def _column_layout(n, k):
     tiles = -(-k // cols)
     chunks = max(1, min(-(-n // (lanes * _ROWS_PER_THREAD)), _MAX_BLOCKS // tiles))
     return (tiles, chunks), (cols, lanes)
+
+
+def _configure(kernel, grid, block):
+    """``kernel[grid, block]`` without Numba's low-occupancy warning.
+
+    Numba warns (NumbaPerformanceWarning) whenever a grid has fewer than 128 blocks.
+    Grids here are sized to the work, so a small batch, a narrow layer or the one block
+    that counts labels is small by design, and the warning would come at every such
+    launch. It is issued while the launch is configured, so it is switched off for
+    that moment alone: the program's own kernels still get it.
+    """
+    saved = numba_config.CUDA_LOW_OCCUPANCY_WARNINGS
+    numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    try:
+        return kernel[grid, block]
+    finally:
+        numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = saved
 
 
 _SCRATCH = {}
@@ -166,8 +186,8 @@ def _column_sums(a, out, code, total, partials):
     """``total`` = column sums of ``a`` (after the activation derivative for ``code``);
     ``partials`` is scratch of at least chunks * k elements."""
     grid, block = _column_layout(*a.shape)
-    _column_partials[grid, block](a, out, code, partials)
-    _column_finish[_launch(a.shape[1])](partials, grid[1], total)
+    _configure(_column_partials, grid, block)(a, out, code, partials)
+    _configure(_column_finish, *_launch(a.shape[1]))(partials, grid[1], total)
 
 
 def _column_scratch(n, k):
@@ -177,7 +197,7 @@ def _column_scratch(n, k):
 def bias_act_forward(z, b, activation):
     """In place: ``z[i, j] = act(z[i, j] + b[j])``."""
     check_activation(activation)
-    _bias_act_forward[_launch(z.size)](z, b, _ACT_CODE[activation])
+    _configure(_bias_act_forward, *_launch(z.size))(z, b, _ACT_CODE[activation])
 
 
 def act_backward(grad, out, activation, bias_grad):
@@ -378,6 +398,28 @@ def _squared_rows(z, y, scratch):
     _store_loss_partials(loss, np.float64(0.0), scratch)
 
 
+@cuda.jit(cache=True)
+def _finish_totals(scratch, blocks, rows, check_labels, loss_scale, totals, bias_grad):
+    """One thread: ``totals`` = [loss sum, correct rows, rows] from the row kernel's
+    partials, added in block order. A bad label (counted in scratch[0]) makes the loss
+    and the bias gradient NaN: nothing reads the device here to raise, and the step's
+    non-finite check then stops on it, naming the rank."""
+    if cuda.grid(1) != 0:
+        return
+    loss = np.float64(0.0)
+    correct = np.float64(0.0)
+    for b in range(blocks):
+        loss += scratch[1 + b]
+        correct += scratch[1 + blocks + b]
+    if check_labels and scratch[0] != 0:
+        loss = np.float64(math.nan)
+        for j in range(bias_grad.shape[0]):
+            bias_grad[j] = math.nan
+    totals[0] = loss * loss_scale
+    totals[1] = correct
+    totals[2] = rows
+
+
 def _loss_scratch(n, k, blocks):
     """(scratch, its column-sum part) for a loss over (n, k) with ``blocks`` row blocks."""
     scratch = _scratch(1 + 2 * blocks + _column_scratch(n, k))
@@ -390,11 +432,19 @@ def _loss_totals(scratch, blocks):
     return host[0], float(host[1:1 + blocks].sum()), int(host[1 + blocks:].sum())
 
 
-def softmax_xent(logits, labels, bias_grad):
-    """In place: ``logits`` becomes ``p - onehot(labels)``. Returns ``(loss_sum, correct)``.
+def _keep_totals(scratch, blocks, rows, totals, bias_grad, check_labels=False, loss_scale=1.0):
+    _configure(_finish_totals, 1, 1)(scratch, blocks, rows, check_labels,
+                                     np.float64(loss_scale), totals, bias_grad)
+
+
+def softmax_xent(logits, labels, bias_grad, totals=None):
+    """In place: ``logits`` becomes ``p - onehot(labels)``. Returns ``(loss_sum, correct)``,
+    or with ``totals`` (float64, 3 elements, on the device) writes [loss_sum, correct,
+    rows] there and reads nothing back.
 
     Labels are checked on the device first; with one outside [0, k) nothing is
-    written and ValueError is raised.
+    written and ValueError is raised (with ``totals``: the loss and ``bias_grad`` are
+    NaN instead, see ``_finish_totals``).
     """
     n, k = logits.shape
     if k <= _SMALL_K:
@@ -403,8 +453,12 @@ def softmax_xent(logits, labels, bias_grad):
         kernel = _softmax_block_rows
         blocks, threads = min(max(n, 1), _MAX_BLOCKS), _pow2(-(-k // 4), 32, _ROW_THREADS)
     scratch, cols = _loss_scratch(n, k, blocks)
-    _count_bad_labels[1, _pow2(n, 32, _MAX_THREADS)](labels, k, scratch)
-    kernel[blocks, threads](logits, labels, scratch)
+    _configure(_count_bad_labels, 1, _pow2(n, 32, _MAX_THREADS))(labels, k, scratch)
+    _configure(kernel, blocks, threads)(logits, labels, scratch)
+    if totals is not None:
+        _column_sums(logits, logits, _IDENTITY, bias_grad, cols)
+        _keep_totals(scratch, blocks, n, totals, bias_grad, check_labels=True)
+        return None
     bad, loss_sum, correct = _loss_totals(scratch, blocks)
     if bad:
         raise ValueError(f"class labels must lie in [0, {k})")
@@ -412,31 +466,40 @@ def softmax_xent(logits, labels, bias_grad):
     return loss_sum, correct
 
 
-def _binary_loss(kernel, z, y, bias_grad):
+def _binary_loss(kernel, z, y, bias_grad, totals):
     blocks, threads = _launch(z.shape[0])
     scratch, cols = _loss_scratch(z.shape[0], 1, blocks)
-    kernel[blocks, threads](z, y, scratch)
+    _configure(kernel, blocks, threads)(z, y, scratch)
     _column_sums(z, z, _IDENTITY, bias_grad, cols)
+    if totals is not None:
+        _keep_totals(scratch, blocks, z.shape[0], totals, bias_grad)
+        return None
     _, loss_sum, correct = _loss_totals(scratch, blocks)
     return loss_sum, correct
 
 
-def logistic_loss_grad(z, y, bias_grad):
-    """In place: ``z`` becomes ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``."""
-    return _binary_loss(_logistic_rows, z, y, bias_grad)
+def logistic_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``
+    (``totals``: as ``softmax_xent``)."""
+    return _binary_loss(_logistic_rows, z, y, bias_grad, totals)
 
 
-def hinge_loss_grad(z, y, bias_grad):
-    """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``."""
-    return _binary_loss(_hinge_rows, z, y, bias_grad)
+def hinge_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``
+    (``totals``: as ``softmax_xent``)."""
+    return _binary_loss(_hinge_rows, z, y, bias_grad, totals)
 
 
-def squared_loss_grad(z, y, bias_grad):
-    """In place: ``z`` becomes ``z - y``. Returns ``0.5 * sum((z - y)**2)``."""
+def squared_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``z - y``. Returns ``0.5 * sum((z - y)**2)`` (``totals``:
+    as ``softmax_xent``, with 0 correct rows)."""
     blocks, threads = _launch(z.size)
     scratch, cols = _loss_scratch(*z.shape, blocks)
-    _squared_rows[blocks, threads](z, y, scratch)
+    _configure(_squared_rows, blocks, threads)(z, y, scratch)
     _column_sums(z, z, _IDENTITY, bias_grad, cols)
+    if totals is not None:
+        _keep_totals(scratch, blocks, z.shape[0], totals, bias_grad, loss_scale=0.5)
+        return None
     return 0.5 * _loss_totals(scratch, blocks)[1]
 
 
@@ -444,11 +507,11 @@ def squared_loss_grad(z, y, bias_grad):
 
 @cuda.jit(cache=True)
 def _sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, shrink,
-                decay_mask):
+                decay_mask, grad_scale):
     zero = param.dtype.type(0)
     for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
         p = param[i]
-        g = grad[i]
+        g = grad[i] * grad_scale
         if decay_mask[i]:
             g = g + weight_decay * p
         if momentum != zero:
@@ -465,11 +528,12 @@ def _sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, shr
 
 @cuda.jit(cache=True)
 def _adam_update(param, grad, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                 eps, bias_corr1, bias_corr2, l2, decoupled_scale, shrink, decay_mask):
+                 eps, bias_corr1, bias_corr2, l2, decoupled_scale, shrink, decay_mask,
+                 grad_scale):
     zero = param.dtype.type(0)
     for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
         p = param[i]
-        g = grad[i]
+        g = grad[i] * grad_scale
         if decay_mask[i]:
             g = g + l2 * p
             p = p - decoupled_scale * p
@@ -483,25 +547,27 @@ def _adam_update(param, grad, m, v, lr, beta1, one_minus_beta1, beta2, one_minus
         param[i] = p
 
 
-def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
+def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask,
+               grad_scale=1.0):
     """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0, then the
-    L1 proximal step on the weights (see reference.py). In place."""
+    L1 proximal step on the weights (see reference.py), on ``grad * grad_scale``. In place;
+    ``grad`` is only read."""
     dt = param.dtype.type
     # lr * l1 is rounded once to the dtype, as the reference's weak Python scalar is.
-    _sgd_update[_launch(param.size)](param, grad, velocity, dt(lr), dt(momentum),
+    _configure(_sgd_update, *_launch(param.size))(param, grad, velocity, dt(lr), dt(momentum),
                                      bool(nesterov), dt(weight_decay), dt(lr * l1),
-                                     decay_mask)
+                                     decay_mask, dt(grad_scale))
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, decoupled,
-                l1, decay_mask):
+                l1, decay_mask, grad_scale=1.0):
     """Adam / AdamW (``decoupled``), PyTorch semantics, then the L1 proximal step on the
-    weights (see reference.py); ``step`` counts from 1. In place."""
+    weights (see reference.py), on ``grad * grad_scale``; ``step`` counts from 1. In place."""
     dt = param.dtype.type
     # As in cpu.py: Adam puts the decay in the gradient (l2), AdamW shrinks the
     # weight directly (decoupled_scale); the other term is zero.
     l2, decoupled_scale = (0.0, lr * weight_decay) if decoupled else (weight_decay, 0.0)
-    _adam_update[_launch(param.size)](
+    _configure(_adam_update, *_launch(param.size))(
         param, grad, m, v, dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
         dt(eps), dt(1 - beta1**step), dt(1 - beta2**step), dt(l2), dt(decoupled_scale),
-        dt(lr * l1), decay_mask)
+        dt(lr * l1), decay_mask, dt(grad_scale))

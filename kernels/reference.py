@@ -8,6 +8,9 @@ backend must agree with these. Conventions shared by all kernels:
 * Gradients are per-sample sums, not means: the caller divides by the global batch
   size after the Allreduce, so every rank contributes the same way however the batch
   is split.
+* Loss kernels return their sums, or, given ``totals`` (a float64 array of 3 on the
+  kernels' device), write ``[loss sum, correct rows, rows]`` there and return None: on a
+  GPU the sums then stay on the device until the step's one read.
 * Loss sums are accumulated in float64; everything else stays in the array's dtype.
   Python-float hyper-parameters are "weak" scalars under NumPy 2, so float32 arrays
   stay float32.
@@ -62,11 +65,19 @@ def act_backward(grad, out, activation, bias_grad):
     bias_grad[...] = grad.sum(axis=0)
 
 
-def softmax_xent(logits, labels, bias_grad):
+def _sums(totals, loss_sum, correct, rows):
+    """``(loss_sum, correct)``, or None once they (and ``rows``) are in ``totals``."""
+    if totals is None:
+        return loss_sum, correct
+    totals[0], totals[1], totals[2] = loss_sum, correct, rows
+    return None
+
+
+def softmax_xent(logits, labels, bias_grad, totals=None):
     """Softmax cross-entropy. In place: ``logits`` becomes ``p - onehot(labels)``.
 
     Returns ``(loss_sum, correct)``; ``correct`` counts rows whose first argmax
-    equals the label.
+    equals the label. With ``totals``, see the module docstring.
     """
     n, k = logits.shape
     check_labels(labels, k)
@@ -82,7 +93,7 @@ def softmax_xent(logits, labels, bias_grad):
     logits[...] = exp / norm[:, None]
     logits[rows, labels] -= 1
     bias_grad[...] = logits.sum(axis=0)
-    return loss_sum, correct
+    return _sums(totals, loss_sum, correct, n)
 
 
 def _binary_correct(z, y):
@@ -90,7 +101,7 @@ def _binary_correct(z, y):
     return int(np.count_nonzero((z > 0) == (y == 1)))
 
 
-def logistic_loss_grad(z, y, bias_grad):
+def logistic_loss_grad(z, y, bias_grad, totals=None):
     """Binary cross-entropy on logits ``z`` (n, 1). In place: ``z`` becomes
     ``sigmoid(z) - y``. Returns ``(loss_sum, correct)``."""
     col = z[:, 0]  # a view: writing it writes z; avoids (n,1)-(n,) broadcasting
@@ -106,10 +117,10 @@ def logistic_loss_grad(z, y, bias_grad):
     sigmoid = np.where(col >= 0, 1 / (1 + e), e / (1 + e))
     col[...] = sigmoid - y
     bias_grad[...] = z.sum(axis=0)
-    return loss_sum, correct
+    return _sums(totals, loss_sum, correct, len(col))
 
 
-def hinge_loss_grad(z, y, bias_grad):
+def hinge_loss_grad(z, y, bias_grad, totals=None):
     """Hinge loss ``max(0, 1 - t z)`` with ``t = 2y - 1``. In place: ``z`` becomes
     the subgradient ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``."""
     col = z[:, 0]
@@ -121,15 +132,16 @@ def hinge_loss_grad(z, y, bias_grad):
 
     col[...] = np.where(margin < 1, -t, 0)
     bias_grad[...] = z.sum(axis=0)
-    return loss_sum, correct
+    return _sums(totals, loss_sum, correct, len(col))
 
 
-def squared_loss_grad(z, y, bias_grad):
-    """``0.5 * sum((z - y)**2)``. In place: ``z`` becomes ``z - y``. Returns the loss sum."""
+def squared_loss_grad(z, y, bias_grad, totals=None):
+    """``0.5 * sum((z - y)**2)``. In place: ``z`` becomes ``z - y``. Returns the loss sum
+    (with ``totals``: writes it, 0 correct rows and the rows there)."""
     z -= y
     loss_sum = 0.5 * float(np.sum(z * z, dtype=np.float64))
     bias_grad[...] = z.sum(axis=0)
-    return loss_sum
+    return loss_sum if totals is None else _sums(totals, loss_sum, 0, len(z))
 
 
 def _regularized(grad, param, weight_decay, decay_mask):
@@ -152,8 +164,13 @@ def _shrink_weights(param, lr, l1, decay_mask):
     param[...] = np.where(decay_mask != 0, shrunk, param)
 
 
-def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask):
+def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, decay_mask,
+               grad_scale=1.0):
     """SGD with optional (Nesterov) momentum, PyTorch semantics, dampening 0, then L1.
+
+    The gradient used is ``grad * grad_scale``: training passes the summed gradient and
+    1 / (rows in the global batch), so the division costs no pass of its own; ``grad``
+    is only read.
 
     All arrays are flat and updated in place (``param`` always, ``velocity`` only
     when ``momentum != 0``). Weight decay (L2) is added to the gradient of the weights;
@@ -165,7 +182,7 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, 
     gradients, so with momentum a weight settles where its gradient is
     ``(1 - momentum) * l1`` rather than ``l1`` (and stays at 0 below that).
     """
-    g = _regularized(grad, param, weight_decay, decay_mask)
+    g = _regularized(grad * grad_scale, param, weight_decay, decay_mask)
     if momentum != 0:
         velocity[...] = momentum * velocity + g
         step = g + momentum * velocity if nesterov else velocity
@@ -176,9 +193,10 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1, 
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, decoupled,
-                l1, decay_mask):
+                l1, decay_mask, grad_scale=1.0):
     """Adam (L2 in the gradient) or AdamW (``decoupled``: decay applied to the
-    weights directly), PyTorch semantics, then L1. ``step`` counts from 1.
+    weights directly), PyTorch semantics, then L1. ``step`` counts from 1; the gradient
+    is ``grad * grad_scale``, as in ``sgd_update``.
 
     ``param``, ``m`` and ``v`` are updated in place. L1 is applied after the update as
     a proximal step (``_shrink_weights``): each weight moves ``lr * l1`` towards 0 and
@@ -189,7 +207,7 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay, de
     about ``lr`` for any weight whose gradient is near 0, so such weights would jump
     across 0 every step rather than settle at it.
     """
-    g = _regularized(grad, param, 0.0 if decoupled else weight_decay, decay_mask)
+    g = _regularized(grad * grad_scale, param, 0.0 if decoupled else weight_decay, decay_mask)
     if decoupled:
         param -= lr * weight_decay * param * decay_mask
     m[...] = beta1 * m + (1 - beta1) * g

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 
 from .algorithms.optimizers import OPTIMIZERS
 from .algorithms.schedules import SCHEDULES
-from .devices import DEVICES
+from .devices import DEVICES, ROW_PLACEMENTS
 from .devices.gpu_exchange import EXCHANGES as GPU_EXCHANGES
 from .data.formats.files import FORMAT_CHOICES
 from .errors import UserError
@@ -50,6 +50,7 @@ _MLP_ONLY = (lambda c: c.model == "mlp", lambda c: f"model {c.model} has no hidd
 _SGD_ONLY = (lambda c: c.optimizer == "sgd", lambda c: f"they apply to sgd, not {c.optimizer}")
 _ADAM_ONLY = (lambda c: c.optimizer != "sgd", lambda c: "they apply to adam and adamw")
 _STEP_ONLY = (lambda c: c.schedule == "step", lambda c: "they apply to the step schedule")
+_ON_GPU = (lambda c: c.device != "cpu", lambda c: "they apply to --device gpu or auto")
 _CLASS_COUNT = (lambda c: c.model not in ("logistic", "svm") and c.is_classifier,
                 lambda c: "the number of classes is fixed by the model")
 
@@ -174,6 +175,14 @@ class RuntimeSettings:
     progress: str = setting("auto", "auto, bar, lines or none")
     device: str = setting("auto", "cpu, gpu, or auto (the GPU when CuPy sees one)")
     gpu_exchange: str = setting("auto", "GPU gradient exchange: auto, nccl, cuda-aware or host")
+    data_on_device: str = setting("auto", "GPU: keep this rank's training rows in GPU memory "
+                                          "and gather batches there: auto (when they take at "
+                                          "most half its free memory), yes or no",
+                                  applies=_ON_GPU)
+    tf32: bool = setting(False, "GPU, float32: matrix products on TF32 tensor cores (inputs "
+                                "rounded to 10 bits of mantissa; faster, less exact)",
+                         applies=(lambda c: c.device != "cpu" and c.dtype == "float32",
+                                  lambda c: "it applies to float32 on a GPU"))
     checkpoint_every: str = setting("", "checkpoint every N steps, or every 90s/10m/2h")
     keep: int = setting(3, "checkpoints to keep (default 3)")
     resume: str = setting("", "'' fresh; 'latest' or 'auto' in --out; or a checkpoint path")
@@ -192,6 +201,7 @@ class RuntimeSettings:
         _check(self.threads >= 0, "threads", "be >= 0", self.threads)
         _choice(self, "device", DEVICES)
         _choice(self, "gpu_exchange", GPU_EXCHANGES)
+        _choice(self, "data_on_device", ROW_PLACEMENTS)
         _choice(self, "nonfinite", NONFINITE)
         parse_interval(self.checkpoint_every)
         _check(self.keep >= 1, "keep", "be >= 1", self.keep)

@@ -262,17 +262,52 @@ def fake_cupy_module():
     m.asarray = lambda a, dtype=None: (a if isinstance(a, FakeArray) and dtype is None
                                        else _on_device(np.array(a, dtype=dtype)))
     m.asnumpy = lambda a: np.array(a)
+    m._core = _fake_core()
+    m.matmul = _matmul_as_cublas(m._core)
     m.__getattr__ = _numpy_attribute
     current = _Stream()
     runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1, deviceGetPCIBusId=lambda i: f"0000:0{i}:00.0",
         getDeviceProperties=lambda i: {"name": b"Stand-in GPU"},
-        memcpyHostToDevice=1, memcpyDeviceToHost=2,
+        memcpyHostToDevice=1, memcpyDeviceToHost=2, memGetInfo=lambda: (8 << 30, 80 << 30),
         memcpyAsync=lambda dst, src, n, kind, stream: ctypes.memmove(dst, src, n))
     m.cuda = types.SimpleNamespace(runtime=runtime, Device=_Device, Stream=_Stream,
                                    Event=_Event, get_current_stream=lambda: current,
                                    alloc_pinned_memory=lambda n: bytearray(n))
     return m
+
+
+# CuPy's compute types for matrix products (cupy._core._routines_linalg).
+COMPUTE_TYPE_DEFAULT, COMPUTE_TYPE_TF32 = 1, 7
+
+
+def to_tf32(a):
+    """``a`` (float32) with its mantissa rounded to TF32's 10 bits, to nearest."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32).reshape(a.shape)
+
+
+def _fake_core():
+    """The parts of cupy._core that set how cuBLAS multiplies; products follow them."""
+    types_ = {}
+    linalg = types.SimpleNamespace(COMPUTE_TYPE_DEFAULT=COMPUTE_TYPE_DEFAULT,
+                                   COMPUTE_TYPE_TF32=COMPUTE_TYPE_TF32)
+    return types.SimpleNamespace(
+        _routines_linalg=linalg, compute_types=types_,
+        get_compute_type=lambda dtype: types_.get(np.dtype(dtype), COMPUTE_TYPE_DEFAULT),
+        set_compute_type=lambda dtype, kind: types_.__setitem__(np.dtype(dtype), kind))
+
+
+def _matmul_as_cublas(core):
+    """np.matmul, with float32 inputs rounded to TF32 first when CuPy's compute type for
+    float32 says TF32, as cuBLAS's tensor cores take them (the sum stays float32)."""
+    def matmul(a, b, out=None):
+        if (core.get_compute_type(np.float32) == COMPUTE_TYPE_TF32
+                and a.dtype == np.float32 and b.dtype == np.float32):
+            a, b = to_tf32(a), to_tf32(b)
+        result = np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+        return result.view(FakeArray) if out is None else out
+    return matmul
 
 
 def _numpy_attribute(name):
@@ -317,7 +352,8 @@ def test_device_batches_are_the_plans_rows_in_pinned_slots(fake_gpu, comm):
     dev = gpu_device.GpuDevice(comm, np.float64)
     assert dev.kind == "gpu" and dev.xp is fake_gpu
     assert dev.describe() == {"device": "gpu", "gpu": "Stand-in GPU (device 0 of 1 visible)",
-                              "exchange": "none", "why": "one rank: no gradients to exchange"}
+                              "exchange": "none", "why": "one rank: no gradients to exchange",
+                              "data_on_device": False, "tf32": False}
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 3)), rng.integers(0, 3, 40)
     sizes = [8, 5, 0, 8, 3, 7]

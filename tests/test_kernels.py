@@ -200,6 +200,30 @@ def test_squared_loss_cpu_matches_reference(dtype, n):
 
 # --- losses: reference against independent truths --------------------------------
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss_name", ("softmax_xent", "logistic_loss_grad", "hinge_loss_grad",
+                                       "squared_loss_grad"))
+def test_losses_can_leave_their_sums_in_totals(backend, loss_name):
+    """[loss sum, correct rows, rows] in ``totals``, None returned, the same outputs."""
+    k = kernels.get(backend)
+    rng = rng_for("totals", backend, loss_name)
+    n, width = 9, (4 if loss_name in ("softmax_xent", "squared_loss_grad") else 1)
+    z = rng.standard_normal((n, width))
+    target = {"softmax_xent": rng.integers(0, width, size=n),
+              "squared_loss_grad": rng.standard_normal((n, width))}.get(
+                  loss_name, rng.integers(0, 2, size=n).astype(float))
+    z_plain, z_kept = both(z)
+    bg_plain, bg_kept = garbage(width, np.float64), garbage(width, np.float64)
+    plain = getattr(k, loss_name)(z_plain, target, bg_plain)
+    loss, correct = plain if isinstance(plain, tuple) else (plain, 0)
+    totals = np.full(3, -1.0)
+    assert getattr(k, loss_name)(z_kept, target, bg_kept, totals) is None
+    np.testing.assert_allclose(totals, [loss, correct, n], rtol=1e-12)
+    assert loss > 0 and (correct > 0 or loss_name == "squared_loss_grad")
+    np.testing.assert_array_equal(z_kept, z_plain)
+    np.testing.assert_array_equal(bg_kept, bg_plain)
+
+
 def _loss_only(loss_name, target):
     """Scalar loss of the reference kernel as a function of (a copy of) the logits."""
     def f(z):

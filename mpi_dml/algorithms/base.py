@@ -32,6 +32,8 @@ What each side keeps, so that training gives the same model on any number of ran
 ``contribute`` also returns a small array of per-rank statistics (loss sum, correct
 rows, rows) that the engine sums over the rounds of a period (an epoch, an iteration)
 and over ranks, and hands to ``period_record`` at the period's end: a metrics line.
+It may be a device array (float64): the engine then reads it together with the reduced
+buffer's summary, so a GPU round waits for the device once.
 
 State: ``arrays()`` names every array of the state ("params", the flat parameters,
 first; then e.g. optimizer moments or a history of vector pairs, of any shape) and
@@ -94,6 +96,9 @@ class Algorithm:
     period_name = "period"
     periods = 0
     can_skip = False
+    # True when contribute takes ``ready=`` (a function to call with ``end`` once
+    # ``buffer[:end]`` is final): the device may then start the exchange early.
+    streams_gradient = False
 
     def buffer_size(self) -> int:
         raise NotImplementedError

@@ -1,8 +1,8 @@
 """Minibatch gradient descent: one global batch per round, one fused optimizer step.
 
     contribute: the batch's summed loss gradient (model.loss_grad), into the buffer
-    apply:      gradient / rows in the global batch, then SGD, Adam or AdamW with the
-                learning rate of the schedule at this step
+    apply:      SGD, Adam or AdamW on gradient / rows in the global batch (the division
+                inside the update's one pass), with the learning rate of the schedule
 
 Batches come from the engine's data plan (``Batch``), which fixes every batch's rows
 from the seed, the epoch and the batch size alone, so the same rows meet the same
@@ -34,6 +34,7 @@ class Minibatch(Algorithm):
     name = "minibatch"
     period_name = "epoch"
     can_skip = True
+    streams_gradient = True
 
     def __init__(self, solver, model, dev, params, *, n_train: int):
         self.solver, self.model, self.dev = solver, model, dev
@@ -46,6 +47,10 @@ class Minibatch(Algorithm):
         self.epoch = self.step = self.global_step = 0
         self.best_loss, self.stale = math.inf, 0  # early stopping (tol)
         self.stopped = False
+        # Where the model can leave a step's sums: on a GPU they stay there until the
+        # engine reads them with the step's summary, the step's one read.
+        self._stats = (dev.zeros(3, np.float64) if getattr(model, "keeps_totals", False)
+                       else None)
 
     # --- state ------------------------------------------------------------------------
     def buffer_size(self) -> int:
@@ -77,14 +82,20 @@ class Minibatch(Algorithm):
         return Batch(self.epoch, self.step, self.steps, self.solver.batch_size,
                      self.solver.seed)
 
-    def contribute(self, request, rows, buffer):
+    def contribute(self, request, rows, buffer, ready=None):
         xb, yb = rows
+        if self._stats is not None:
+            more = {"ready": ready} if ready and getattr(self.model, "streams_gradient",
+                                                         False) else {}
+            self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels,
+                                 totals=self._stats, **more)
+            return self._stats
         loss, hits = self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels)
         return np.array([loss, hits, xb.shape[0]], dtype=np.float64)
 
     def apply(self, request, buffer, count: int):
-        buffer *= 1.0 / count
-        self.opt.step(self.params, buffer, self.lr(self.global_step))
+        # Divided by the rows inside the update: no pass over the buffer of its own.
+        self.opt.step(self.params, buffer, self.lr(self.global_step), 1.0 / count)
         self._advance()
 
     def skip(self, request):

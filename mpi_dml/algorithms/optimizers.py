@@ -39,13 +39,15 @@ class Optimizer:
         else:
             self.state = {"m": xp.zeros(n, dtype=dtype), "v": xp.zeros(n, dtype=dtype)}
 
-    def step(self, params: np.ndarray, grads: np.ndarray, lr: float):
+    def step(self, params: np.ndarray, grads: np.ndarray, lr: float, grad_scale: float = 1.0):
+        """One update with the gradient ``grads * grad_scale``; ``grads`` is only read, so
+        a summed gradient is divided inside the update rather than in a pass of its own."""
         c = self.cfg
         self.step_count += 1
         if self.kind == "sgd":
             self.k.sgd_update(params, grads, self.state["velocity"], lr, c.momentum,
-                              c.nesterov, c.weight_decay, c.l1, self.mask)
+                              c.nesterov, c.weight_decay, c.l1, self.mask, grad_scale)
         else:
             self.k.adam_update(params, grads, self.state["m"], self.state["v"], lr, c.beta1,
                                c.beta2, c.eps, self.step_count, c.weight_decay,
-                               self.kind == "adamw", c.l1, self.mask)
+                               self.kind == "adamw", c.l1, self.mask, grad_scale)

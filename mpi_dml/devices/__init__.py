@@ -16,9 +16,12 @@ from ..errors import UserError
 from .cpu import CpuDevice
 
 DEVICES = ("auto", "cpu", "gpu")
+# --data-on-device: where a GPU keeps the rank's training rows (see GpuDevice.place_rows).
+ROW_PLACEMENTS = ("auto", "yes", "no")
 
 
-def select_device(requested: str, comm, dtype, *, kernels=None, exchange: str = "auto"):
+def select_device(requested: str, comm, dtype, *, kernels=None, exchange: str = "auto",
+                  tf32: bool = False):
     """The device for ``--device``: cpu, gpu, or auto (the GPU when CuPy sees one).
 
     Collective: every rank gets the same kind. A GPU missing on one rank fails the job
@@ -35,5 +38,5 @@ def select_device(requested: str, comm, dtype, *, kernels=None, exchange: str = 
     if requested == "auto" and not everywhere:
         return CpuDevice(comm, dtype, kernels)
     comm.agree(None if reason is None else f"--device gpu: {reason}")
-    return gpu_device.GpuDevice(comm, dtype, exchange=exchange)  # collective: binds, probes
+    return gpu_device.GpuDevice(comm, dtype, exchange=exchange, tf32=tf32)  # collective
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 import os
 import warnings
 
+import numpy
+
 from .gpu_exchange import (
     bind_index,
     choose_exchange,
@@ -55,6 +57,35 @@ def import_cupy():
 def first_line(exc) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+# What to do about a failure in setting up the GPU, by the exception's class name (CuPy's,
+# Numba's and NCCL's classes are matched by name, so none of them is imported here).
+_BUILD_ERRORS = ("NvvmError", "NvvmSupportError", "LinkerError", "NvrtcError",
+                 "NvrtcCompilationError", "NvrtcSupportError")
+_DRIVER_ERRORS = ("CudaAPIError", "CudaDriverError", "CudaSupportError", "CUDARuntimeError",
+                  "CUDADriverError", "CudaRuntimeError")
+
+
+def setup_failure(what: str, exc: BaseException) -> str:
+    """One line for a failed step of setting up the GPU: what failed, the exception's
+    class and first line, and what to do about it."""
+    name = type(exc).__name__
+    cause = f"{what} failed: {name}: {first_line(exc).rstrip('.')}"
+    if isinstance(exc, MemoryError) or "OUT_OF_MEMORY" in str(exc) or "OutOfMemory" in name:
+        hint = ("the GPU's memory is taken: look for other processes on it with nvidia-smi, "
+                "start fewer ranks per GPU, or use a smaller model or --batch-size")
+    elif name in _BUILD_ERRORS:
+        hint = ("Numba cannot build the CUDA kernels for this GPU and driver: install the "
+                "numba-cuda wheel for the driver's CUDA version ('numba-cuda[cu12]' or "
+                "'numba-cuda[cu13]')")
+    elif name in _DRIVER_ERRORS:
+        hint = "check that GPU and its driver with nvidia-smi on that node"
+    elif name == "NcclError":
+        hint = "use --gpu-exchange host to train without NCCL"
+    else:
+        return cause
+    return f"{cause}; {hint}"
 
 
 def unavailable_reason() -> str | None:
@@ -82,6 +113,22 @@ def unavailable_reason() -> str | None:
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
         return f"CuPy sees no GPU on this node{hint}"
     return None
+
+
+def set_float32_products(cupy, tf32: bool):
+    """How cuBLAS multiplies float32 matrices in this process, for CuPy: on TF32 tensor
+    cores (inputs rounded to 10 bits of mantissa, sums in float32) or in full float32.
+    Returns the setting it replaced, to put back."""
+    core = cupy._core
+    kinds = core._routines_linalg
+    previous = core.get_compute_type(numpy.float32)
+    core.set_compute_type(numpy.float32,
+                          kinds.COMPUTE_TYPE_TF32 if tf32 else kinds.COMPUTE_TYPE_DEFAULT)
+    return previous
+
+
+def restore_float32_products(cupy, previous):
+    cupy._core.set_compute_type(numpy.float32, previous)
 
 
 def nccl_module():

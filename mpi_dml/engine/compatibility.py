@@ -15,7 +15,7 @@ _BATCH_SETTINGS = ("batch_size", "shards", "seed", "val_fraction", "standardize"
 
 
 # Settings that may differ freely between a run and its resumption, without a note.
-_RUN_SETTINGS = ("resume", "out", "progress", "threads", "device", "gpu_exchange",
+_RUN_SETTINGS = ("resume", "out", "progress", "threads", "device", "gpu_exchange", "data_on_device",
                  "checkpoint_every", "keep", "grace", "stall_timeout", "check_every",
                  "nonfinite")
 

@@ -35,6 +35,7 @@ from ..config import parse_interval
 from ..data.standardize import scaled, standardization
 from ..data.training import load_training
 from ..devices import select_device
+from ..devices.arrays import array_module
 from ..errors import AgreedError, Preempted, TrainingFailed, UserError
 from ..io.model_files import save_model
 from ..models import build_model
@@ -99,7 +100,8 @@ class Engine:
         with self._stop_signals() as stop:
             self.stop = stop
             dev = self.dev = self.device or select_device(
-                cfg.device, comm, cfg.dtype, kernels=self.kernels, exchange=cfg.gpu_exchange)
+                cfg.device, comm, cfg.dtype, kernels=self.kernels, exchange=cfg.gpu_exchange,
+                tf32=cfg.tf32)
             try:
                 if self.data is None:
                     self.data = load_training(cfg, comm)
@@ -134,9 +136,9 @@ class Engine:
             if comm.is_root:
                 model.init(host, cfg.seed)
             comm.bcast_(host, what="initial parameters")  # rank 0's, bit for bit
-        self.algorithm = self.make_algorithm(cfg, model, dev, host, n_train=data.n_train)
-        # The buffer carries CONTROL_SLOTS extra values after the algorithm's.
-        self.buffer = dev.zeros(self.algorithm.buffer_size() + CONTROL_SLOTS, dtype)
+        # On a GPU, memory running out on one rank stops every rank with one message.
+        self.algorithm, self.buffer = dev.setup_step(
+            "allocating the model's state", self._allocate, model, host, data.n_train, dtype)
         if resumed is not None:
             # Checked before anything from the checkpoint is used on this data.
             resume.check_and_restore(resumed, cfg, comm, model, data, self.algorithm, dev)
@@ -146,6 +148,14 @@ class Engine:
         self.x = scaled(data.train.x, dtype, self.scale, in_place=True)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
         self.y = model.labels(data.train.y, dtype)
+        # A GPU may keep the rows in its memory (--data-on-device); agreed, as it may fail.
+        self.x, self.y = dev.setup_step("placing the training rows", dev.place_rows, self.x,
+                                        self.y, cfg.data_on_device)
+
+    def _allocate(self, model, host, n_train, dtype):
+        algorithm = self.make_algorithm(self.cfg, model, self.dev, host, n_train=n_train)
+        # The buffer carries CONTROL_SLOTS extra values after the algorithm's.
+        return algorithm, self.dev.zeros(algorithm.buffer_size() + CONTROL_SLOTS, dtype)
 
     def _stop_signals(self):
         if not self.process:
@@ -206,7 +216,15 @@ class Engine:
         t0 = time.perf_counter()
         rows, count = self._rows.get(request)
         t1 = time.perf_counter()
-        stats = algo.contribute(request, rows, buf)
+        # A device that can start the exchange during backward is told what is final.
+        ready = dev.exchange_as_ready(self.buffer) if getattr(
+            algo, "streams_gradient", False) else None
+        if ready is None:
+            stats = algo.contribute(request, rows, buf)
+        else:
+            stats = algo.contribute(request, rows, buf, ready=ready)
+        # Statistics left on the device come back with the step's summary below.
+        stats_on_device = array_module(stats) is not np
         mine = self._control_flags()
         if mine is None:
             control.fill(0)  # no host-to-device copy on the usual round
@@ -217,7 +235,10 @@ class Engine:
             dev.allreduce_(self.buffer)
             # One read from the device decides the round: |buf|^2 (NaN or Inf when any
             # element is) and the summed control slots.
-            seen = dev.to_host(consistency.step_summary(dev.xp, buf, control))
+            seen = dev.to_host(consistency.step_summary(
+                dev.xp, buf, control, stats if stats_on_device else None))
+        if stats_on_device:
+            seen, stats = seen[:1 + CONTROL_SLOTS], seen[1 + CONTROL_SLOTS:]
         t3 = time.perf_counter()
         if self._reduced_ok(seen[0], buf, request, rows):
             algo.apply(request, buf, count)

@@ -120,30 +120,51 @@ class Model:
             acts.append(z)
         return acts
 
-    def loss_grad(self, params, grads, x, y, k) -> tuple[float, int]:
+    # loss_grad takes ``totals`` and ``ready`` (see models.protocol).
+    keeps_totals = True
+    streams_gradient = True
+
+    def layer_ends(self) -> list[int]:
+        """For each layer, output to input: where in the flat buffer its parameters end.
+        Backward finishes the layers in this order, so each end closes a finished prefix."""
+        return [self.params[2 * i + 1][2] + self.layers[i].n_out
+                for i in reversed(range(len(self.layers)))]
+
+    def loss_grad(self, params, grads, x, y, k, totals=None,
+                  ready=None) -> tuple[float, int] | None:
         """Overwrite ``grads`` with the gradient summed (not averaged) over the rows of x.
 
-        Returns (loss summed over rows, correctly classified rows; 0 for regression).
+        Returns (loss summed over rows, correctly classified rows; 0 for regression), or
+        with ``totals`` (a float64 array of 3 where ``params`` is) writes [loss sum,
+        correct rows, rows] there and returns None, so a GPU is not waited for here.
+        ``ready(end)``, if given, is called as soon as ``grads[:end]`` is final (once a
+        layer, ``layer_ends``), so an exchange can start on it while backward goes on.
         """
         xp = array_module(params)
         acts = self.forward(params, x, k)
         pviews, gviews = self.views(params), self.views(grads)
         out = acts[-1]
         gw_last, gb_last = gviews[-1]
-        if self.loss == "squared":
-            loss, correct = k.squared_loss_grad(out, y, gb_last), 0
+        loss_kernel = getattr(k, LOSSES[self.loss])
+        if totals is not None:
+            loss_kernel(out, y, gb_last, totals)
+        elif self.loss == "squared":
+            loss, correct = loss_kernel(out, y, gb_last), 0
         else:
-            loss, correct = getattr(k, LOSSES[self.loss])(out, y, gb_last)
+            loss, correct = loss_kernel(out, y, gb_last)
         delta = out  # the loss kernel turned the output into dLoss/dz in place
+        ends = self.layer_ends()
         for i in reversed(range(len(self.layers))):
             gw, gb = gviews[i]
             xp.matmul(acts[i].T, delta, out=gw)
+            if ready is not None:  # layer i's weights and bias are final, and all after it
+                ready(ends[len(self.layers) - 1 - i])
             if i == 0:
                 break
             upstream = xp.matmul(delta, pviews[i][0].T)
             k.act_backward(upstream, acts[i], self.layers[i - 1].activation, gviews[i - 1][1])
             delta = upstream
-        return float(loss), int(correct)
+        return None if totals is not None else (float(loss), int(correct))
 
     def predict_raw(self, params, x, k) -> np.ndarray:
         """Output layer values before the loss: logits, margins or predictions."""

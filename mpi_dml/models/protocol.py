@@ -18,6 +18,14 @@ them on any number of ranks.
                                        divides after the reduction), return the summed
                                        loss and the correctly classified rows (0 for
                                        regression)
+    keeps_totals: bool (optional)      True when ``loss_grad`` also takes ``totals=``, a
+                                       float64 array of 3 on the device, and then writes
+                                       [loss_sum, correct, rows] there and returns None:
+                                       on a GPU the sums are then read with the step's
+                                       summary instead of on their own
+    streams_gradient: bool (optional)  True when ``loss_grad`` also takes ``ready=``, a
+                                       function it calls with ``end`` once ``grads[:end]``
+                                       is final, so a GPU exchange starts during backward
     evaluate(params, x, y, kernels) -> (loss_sum, correct, raw outputs)
                                        the same sums without a gradient (validation)
     labels(y, dtype) -> array          labels in the form ``loss_grad`` takes them

@@ -45,12 +45,13 @@ def check_replicas(comm, model, host_params: np.ndarray, step: int):
                          f"cannot be trusted past the last checkpoint.")
 
 
-def step_summary(xp, grads, control):
-    """[|grads|^2, *control] as one small array, so one device read serves both. The
-    norm is NaN or Inf if any element is (or if the squares overflow; ``all_finite``
-    then decides)."""
+def step_summary(xp, grads, control, stats=None):
+    """[|grads|^2, *control, *stats] as one small array, so one device read serves all
+    three (``stats``: a step's statistics still on the device, if any). The norm is NaN
+    or Inf if any element is (or if the squares overflow; ``all_finite`` then decides)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return xp.concatenate((xp.dot(grads, grads).reshape(1), control))
+        norm = xp.dot(grads, grads).reshape(1)
+    return xp.concatenate((norm, control) + (() if stats is None else (stats,)))
 
 
 def all_finite(xp, grads) -> bool:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 import zlib
 
 import numpy as np
@@ -76,9 +77,9 @@ class Counting:
     def __getattr__(self, name):
         fn = getattr(self.module, name)
 
-        def counted(*args):
+        def counted(*args, **kwargs):
             self.calls[name] = self.calls.get(name, 0) + 1
-            return fn(*args)
+            return fn(*args, **kwargs)
         return counted
 
 
@@ -163,6 +164,53 @@ def squared_case(mem, sizes, dtype):
     close(mem.get(bg_dev), bg_ref, dtype, scale=n + 1, what="bias_grad")
 
 
+def loss_problem(sizes, dtype, name, k=None):
+    """(z, targets, bias_grad width) for loss kernel ``name``."""
+    n = sizes["rows"] if k is None else sizes["softmax"][-1][0]
+    rng = rng_for("totals", name, dtype, n, k)
+    if name == "softmax_xent":
+        return (3 * rng.standard_normal((n, k))).astype(dtype), rng.integers(0, k, size=n), k
+    if name == "squared_loss_grad":
+        n, k = sizes["squared"]
+        return (rng.standard_normal((n, k)).astype(dtype),
+                rng.standard_normal((n, k)).astype(dtype), k)
+    return ((2 * rng.standard_normal((n, 1))).astype(dtype),
+            rng.integers(0, 2, size=n).astype(dtype), 1)
+
+
+def totals_case(mem, sizes, dtype, name, k=None):
+    """With ``totals`` a loss writes [loss sum, correct, rows] on the device, returns None,
+    and leaves the same outputs as without."""
+    cuda, ref = kernels.get("cuda"), kernels.get("reference")
+    z, target, width = loss_problem(sizes, dtype, name, k)
+    z_dev, z_ref = mem.pair(z)
+    bg_dev, bg_ref = mem.pair(np.full(width, 7.0, dtype))
+    totals = mem.put(np.full(3, -1.0))
+    assert getattr(cuda, name)(z_dev, mem.put(target), bg_dev, totals) is None
+    expected = getattr(ref, name)(z_ref, target, bg_ref)
+    loss, correct = expected if isinstance(expected, tuple) else (expected, 0)
+    got = mem.get(totals)
+    close(got[0], loss, dtype, scale=z.size + 1, what="loss sum in totals")
+    assert (got[1], got[2]) == (correct, len(z)), f"totals {got}, expected {correct}, {len(z)}"
+    close(mem.get(z_dev), z_ref, dtype, what="z")
+    close(mem.get(bg_dev), bg_ref, dtype, scale=len(z) + 1, what="bias_grad")
+    ref_totals = np.full(3, -1.0)  # the reference keeps the same contract
+    assert getattr(ref, name)(z.copy(), target, np.empty(width, dtype), ref_totals) is None
+    np.testing.assert_allclose(ref_totals, [loss, correct, len(z)], rtol=1e-12)
+
+
+def bad_labels_in_totals_case(mem, sizes, dtype):
+    """Nothing reads the device to raise: the loss and the bias gradient become NaN, which
+    the step's non-finite check stops on."""
+    cuda = kernels.get("cuda")
+    for k in (3, 40):
+        bias_grad, totals = mem.put(np.full(k, 7.0, dtype)), mem.put(np.zeros(3))
+        cuda.softmax_xent(mem.put(np.ones((2, k), dtype)), mem.put(np.array([0, k])), bias_grad,
+                          totals)
+        assert np.isnan(mem.get(totals)[0]), mem.get(totals)
+        assert np.isnan(mem.get(bias_grad)).all(), mem.get(bias_grad)
+
+
 def flat_problem(dtype, size, seed):
     rng = rng_for("flat", dtype, size, seed)
     param = rng.standard_normal(size).astype(dtype)
@@ -201,6 +249,33 @@ def adam_case(mem, sizes, dtype, name):
     close(mem.get(p_dev), p_ref, dtype, what="param")
     close(mem.get(m_dev), m_ref, dtype, what="m")
     close(mem.get(v_dev), v_ref, dtype, what="v")
+
+
+def scaled_update_case(mem, sizes, dtype, name):
+    """The summed gradient and 1 / count go in; the update is the reference's on the
+    gradient already divided, and the gradient is only read."""
+    cuda, ref = kernels.get("cuda"), kernels.get("reference")
+    param, grads, mask = flat_problem(dtype, sizes["flat"], "scaled-" + name)
+    p_dev, p_ref = mem.pair(param)
+    s_dev = [mem.pair(np.zeros(param.size, dtype)) for _ in range(2)]
+    mask_dev, count = mem.put(mask), 48
+    for step, grad in enumerate(grads, start=1):
+        summed = (grad * count).astype(dtype)
+        g_dev = mem.put(summed)
+        scaled = summed * np.dtype(dtype).type(1.0 / count)
+        if name == "sgd":
+            cuda.sgd_update(p_dev, g_dev, s_dev[0][0], 0.1, 0.9, True, 1e-2, 1e-3, mask_dev,
+                            1.0 / count)
+            ref.sgd_update(p_ref, scaled, s_dev[0][1], 0.1, 0.9, True, 1e-2, 1e-3, mask)
+        else:
+            args = (1e-2, 0.9, 0.999, 1e-8, step, 1e-2, name == "adamw", 1e-3)
+            cuda.adam_update(p_dev, g_dev, s_dev[0][0], s_dev[1][0], *args, mask_dev,
+                             1.0 / count)
+            ref.adam_update(p_ref, scaled, s_dev[0][1], s_dev[1][1], *args, mask)
+        np.testing.assert_array_equal(mem.get(g_dev), summed, err_msg="the gradient was written")
+    close(mem.get(p_dev), p_ref, dtype, what="param")
+    for (dev, host), what in zip(s_dev, ("velocity or m", "v")):
+        close(mem.get(dev), host, dtype, what=what)
 
 
 L1_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -285,6 +360,42 @@ def warm_up_case(mem, sizes, dtype):
     assert kernels.warm_up("cuda", dtype) is None
 
 
+def _is_kernel(obj) -> bool:
+    """A ``@cuda.jit`` kernel (not a device function), on the simulator or a GPU."""
+    device = getattr(obj, "_device", None)  # the simulator's FakeCUDAKernel
+    if device is None:
+        device = getattr(obj, "targetoptions", {}).get("device")  # a CUDADispatcher
+    return device is False
+
+
+def warm_up_launches_every_kernel_case(mem, sizes, dtype):
+    """Every kernel in kernels/cuda.py runs in warm_up, so none compiles inside a step
+    (a kernel compiles on its first launch; the softmax for many classes is its own)."""
+    module = kernels.get("cuda")
+    names = [name for name, obj in vars(module).items() if _is_kernel(obj)]
+    launched = set()
+
+    class Recorder:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, config):
+            launched.add(self.name)
+            return self.kernel[config]
+
+    originals = {name: getattr(module, name) for name in names}
+    try:
+        for name in names:
+            setattr(module, name, Recorder(name, originals[name]))
+        kernels.warm_up("cuda", dtype)
+    finally:
+        for name, kernel in originals.items():
+            setattr(module, name, kernel)
+    assert len(names) >= 10, names
+    missing = sorted(set(names) - launched)
+    assert not missing, f"warm_up launches none of {missing}"
+
+
 def train_case(mem, sizes, dtype):
     """A tiny real training with the cuda kernels ends where the reference's does."""
     from mpi_dml.parallel.comm import Comm
@@ -317,6 +428,45 @@ def train_case(mem, sizes, dtype):
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-10)
 
 
+class WarnsLikeNumba:
+    """A kernel whose launch configuration warns as Numba's CUDA dispatcher does (the
+    simulator skips that check): a grid under 128 blocks while Numba's setting for the
+    warning is on."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, config):
+        from numba.core import config as numba_config
+        from numba.core.errors import NumbaPerformanceWarning
+
+        grid = config[0] if isinstance(config[0], tuple) else (config[0],)
+        if numba_config.CUDA_LOW_OCCUPANCY_WARNINGS and int(np.prod(grid)) < 128:
+            warnings.warn(NumbaPerformanceWarning(
+                f"Grid size {int(np.prod(grid))} will likely result in GPU under-utilization "
+                f"due to low occupancy."))
+        return self.kernel[config]
+
+
+def no_low_occupancy_warning_case(mem, sizes, dtype):
+    """Small launches are small by design (a batch of a few rows, one block counting
+    labels): Numba's low-occupancy warning stays quiet for every kernel, on small sizes."""
+    module = kernels.get("cuda")
+    names = [name for name, obj in vars(module).items() if _is_kernel(obj)]
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    originals = {name: getattr(module, name) for name in names}
+    try:
+        if simulated:
+            for name in names:
+                setattr(module, name, WarnsLikeNumba(originals[name]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kernels.warm_up("cuda", dtype)
+    finally:
+        for name, kernel in originals.items():
+            setattr(module, name, kernel)
+
+
 def cases(mode):
     """{case name: function(mem)} for ``mode`` "sim" or "gpu"."""
     sizes = SIZES[mode]
@@ -334,15 +484,24 @@ def cases(mode):
         for name in BINARY_LOSSES:
             add(f"{name}[{dtype}]", binary_case, dtype, name)
         add(f"squared_loss_grad[{dtype}]", squared_case, dtype)
+        for k in (5, 70):
+            add(f"softmax_xent_totals[{k}-{dtype}]", totals_case, dtype, "softmax_xent", k)
+        for name in (*BINARY_LOSSES, "squared_loss_grad"):
+            add(f"{name}_totals[{dtype}]", totals_case, dtype, name)
+        add(f"bad_labels_in_totals[{dtype}]", bad_labels_in_totals_case, dtype)
         for name in SGD_CASES:
             add(f"sgd_update[{name}-{dtype}]", sgd_case, dtype, name)
         for name in ADAM_CASES:
             add(f"adam_update[{name}-{dtype}]", adam_case, dtype, name)
         for name in L1_OPTIMIZERS:
             add(f"l1_proximal_step[{name}-{dtype}]", l1_case, dtype, name)
+        for name in ("sgd", "adam", "adamw"):
+            add(f"scaled_update[{name}-{dtype}]", scaled_update_case, dtype, name)
         add(f"known_values[{dtype}]", known_values_case, dtype)
         add(f"bad_labels[{dtype}]", bad_labels_case, dtype)
         add(f"warm_up[{dtype}]", warm_up_case, dtype)
+        add(f"warm_up_launches_every_kernel[{dtype}]", warm_up_launches_every_kernel_case, dtype)
+        add(f"no_low_occupancy_warning[{dtype}]", no_low_occupancy_warning_case, dtype)
     if mode == "sim":  # the trainer keeps NumPy arrays: real only under the simulator
         add("train_mlp_adam[float64]", train_case, "float64")
     return out

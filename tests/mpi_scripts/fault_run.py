@@ -30,11 +30,12 @@ def inject(fault: str | None, at_step: int, log: Path | None, rank: int):
     original = models.Model.loss_grad
     calls = {"n": 0}
 
-    def loss_grad(self, params, grads, x, y, k):
-        result = original(self, params, grads, x, y, k)
+    def loss_grad(self, params, grads, x, y, k, totals=None):
+        result = original(self, params, grads, x, y, k, totals=totals)
         calls["n"] += 1
         if log is not None:
-            entry = {"call": calls["n"], "loss": float(result[0]), "hits": float(result[1]),
+            loss, hits = result if totals is None else totals[:2]
+            entry = {"call": calls["n"], "loss": float(loss), "hits": float(hits),
                      "rows": int(x.shape[0]),
                      "batch": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()}
             with open(log / f"rank-{rank}.jsonl", "a") as fh:
