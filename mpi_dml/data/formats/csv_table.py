@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +86,14 @@ class CsvTable(Table):
         mine = range(self._first_row, self._first_row + layout.count)
         with reading(self.path) as f:
             self._check_unchanged(f)
+            text = _mapped(f)
+            if len(text) < layout.end:  # the file shrank since it was scanned
+                raise changed_error(self.path)
             for i, row in enumerate(rows):
                 if row == self.n_rows:
                     offsets[i] = layout.data_end
                 elif row in mine:
-                    offsets[i] = _find_line_start(f, layout, row - self._first_row)
+                    offsets[i] = _find_line_start(text, layout, row - self._first_row)
         return offsets
 
     def _check_unchanged(self, f):
@@ -105,24 +109,27 @@ class CsvTable(Table):
         row = lo
         with reading(self.path) as f:
             self._check_unchanged(f)
-            for piece in _whole_line_pieces(f, start, stop, piece_bytes):
-                # Pieces end with a newline, except the file's last line.
-                n = piece.count(b"\n") + (not piece.endswith(b"\n"))
-                if row + n > hi:
-                    raise changed_error(self.path)
-                # Every cell is parsed to check it; only the asked-for columns are kept.
-                values = self._parse_piece(piece, row, n)
-                for a in range(0, n, max_rows):
-                    part = values[a:a + max_rows]
-                    yield part if every else part[:, cols]
-                row += n
+            text = _mapped(f)
+        if len(text) < stop:  # the file shrank since it was scanned
+            raise changed_error(self.path)
+        for piece in _whole_line_pieces(text, start, stop, piece_bytes):
+            n = _count_lines(piece)
+            if row + n > hi:
+                raise changed_error(self.path)
+            # Every cell is parsed to check it; only the asked-for columns are kept.
+            values = self._parse_piece(piece, row, n)
+            for a in range(0, n, max_rows):
+                part = values[a:a + max_rows]
+                yield part if every else part[:, cols]
+            row += n
 
-    def _parse_piece(self, piece: bytes, first_row: int, n: int) -> np.ndarray:
+    def _parse_piece(self, piece: np.ndarray, first_row: int, n: int) -> np.ndarray:
         """Parse ``n`` whole lines at native speed; on failure, name the first bad line."""
         out = np.empty((n, len(self.columns)))
         bad = _parse(piece, out)
         if bad < 0:
             return out
+        piece = piece.tobytes()
         lines = piece.split(b"\n")
         if piece.endswith(b"\n"):
             lines.pop()
@@ -145,7 +152,7 @@ def _scan_csv(path: str, rank: int, size: int) -> _CsvLayout:
         span = data_end - data_start
         begin = data_start + span * rank // size
         end = data_start + span * (rank + 1) // size
-        count, checkpoints = _index_lines(f, begin, end, data_start, _INDEX_STRIDE)
+        count, checkpoints = _index_lines(_mapped(f), begin, end, data_start, _INDEX_STRIDE)
     return _CsvLayout(columns, stamp, header.count(b"\n") + 1, data_start, data_end, begin,
                       end, count, _INDEX_STRIDE, checkpoints)
 
@@ -232,7 +239,29 @@ def _find_data_end(f, data_start: int, file_size: int) -> int:
     return data_start
 
 
-def _line_starts(f, begin: int, end: int, data_start: int):
+def _mapped(f) -> np.ndarray:
+    """The open file's bytes as a read-only uint8 array, memory-mapped: scanning and
+    parsing read the page cache in place instead of copying the text out of it. The
+    map closes when the last array taken from it is gone."""
+    try:
+        return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {f.name}: {exc}") from exc
+
+
+def _done_with(text: np.ndarray, begin: int, end: int):
+    """Unmap the whole pages of [begin, end) from this process: they stay in the page
+    cache, but no longer count as this rank's memory once read."""
+    page = mmap.PAGESIZE
+    a, b = -(-begin // page) * page, end // page * page
+    owner = text.base
+    while owner is not None and not isinstance(owner, mmap.mmap):
+        owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+    if b > a and owner is not None and hasattr(mmap, "MADV_DONTNEED"):
+        owner.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+
+def _line_starts(text: np.ndarray, begin: int, end: int, data_start: int):
     """Yield, block by block, arrays of the offsets in [begin, end) where a line starts.
 
     A line starts at ``data_start`` and right after every newline. Looking at the
@@ -244,64 +273,68 @@ def _line_starts(f, begin: int, end: int, data_start: int):
         yield np.array([begin], dtype=np.int64)
     pos, stop = max(begin - 1, data_start), end - 1
     while pos < stop:
-        f.seek(pos)
-        block = f.read(min(_SCAN_BLOCK, stop - pos))
-        if not block:
-            raise changed_error(f.name)
-        newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == _NEWLINE)
+        block = text[pos:min(pos + _SCAN_BLOCK, stop)]
+        newlines = np.flatnonzero(block == _NEWLINE)
         yield newlines.astype(np.int64) + (pos + 1)
+        _done_with(text, pos, pos + len(block))
         pos += len(block)
 
 
-def _index_lines(f, begin: int, end: int, data_start: int, stride: int):
+def _index_lines(text: np.ndarray, begin: int, end: int, data_start: int, stride: int):
     """Count the lines starting in [begin, end) and keep every ``stride``-th start."""
     count, marks = 0, []
-    for starts in _line_starts(f, begin, end, data_start):
+    for starts in _line_starts(text, begin, end, data_start):
         marks.append(starts[(-count) % stride :: stride])
         count += len(starts)
     checkpoints = np.concatenate(marks) if marks else np.empty(0, dtype=np.int64)
     return count, checkpoints
 
 
-def _find_line_start(f, layout: _CsvLayout, local_line: int) -> int:
+def _find_line_start(text: np.ndarray, layout: _CsvLayout, local_line: int) -> int:
     """Byte offset of the ``local_line``-th line starting in this rank's range."""
     skip = local_line % layout.stride
     base = int(layout.checkpoints[local_line // layout.stride])
-    for starts in _line_starts(f, base, layout.end, layout.data_start):
+    for starts in _line_starts(text, base, layout.end, layout.data_start):
         if skip < len(starts):
             return int(starts[skip])
         skip -= len(starts)
-    raise changed_error(f.name)
+    raise UserError("the line index no longer matches the file")  # callers check the stamp first
 
 
-def _whole_line_pieces(f, start: int, stop: int, piece_bytes: int = _PARSE_BLOCK):
-    """Yield the bytes [start, stop) in pieces of whole lines, about ``piece_bytes`` each."""
-    f.seek(start)
-    pos, carry = start, b""
+def _whole_line_pieces(text: np.ndarray, start: int, stop: int, piece_bytes: int = _PARSE_BLOCK):
+    """Yield the bytes [start, stop) of ``text`` as views of whole lines, about
+    ``piece_bytes`` each (a longer line makes a longer piece)."""
+    pos = start
     while pos < stop:
-        block = f.read(min(piece_bytes, stop - pos))
-        if not block:
-            raise changed_error(f.name)
-        pos += len(block)
-        data = carry + block
-        if pos >= stop:
-            yield data
-            return
-        cut = data.rfind(b"\n") + 1  # 0 when a line is longer than the block: keep reading
-        carry = data[cut:]
-        if cut:
-            yield data[:cut]
+        end = min(pos + piece_bytes, stop)
+        if end < stop:
+            newlines = np.flatnonzero(text[pos:end] == _NEWLINE)
+            if newlines.size:
+                end = pos + int(newlines[-1]) + 1
+            else:  # one line longer than a piece: take it whole
+                more = np.flatnonzero(text[end:stop] == _NEWLINE)
+                end = end + int(more[0]) + 1 if more.size else stop
+        yield text[pos:end]
+        _done_with(text, pos, end)
+        pos = end
 
 
-def _parse(text: bytes, out: np.ndarray) -> int:
+def _count_lines(text: np.ndarray) -> int:
+    from .csv_numbers import count_lines
+
+    return count_lines(text)
+
+
+def _parse(text, out: np.ndarray) -> int:
     """Parse the lines of ``text`` into ``out`` on the rank's Numba threads; the index
     of the first line that does not parse, or -1."""
     import numba
 
     from .csv_numbers import parse_lines  # compiled on first use, then cached
 
-    return parse_lines(np.frombuffer(text, dtype=np.uint8), out.shape[0], out,
-                       threads=numba.get_num_threads())
+    if not isinstance(text, np.ndarray):
+        text = np.frombuffer(text, dtype=np.uint8)
+    return parse_lines(text, out.shape[0], out, threads=numba.get_num_threads())
 
 
 def _is_number(cell: str) -> bool:
