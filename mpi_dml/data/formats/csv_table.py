@@ -242,7 +242,9 @@ def _find_data_end(f, data_start: int, file_size: int) -> int:
 def _mapped(f) -> np.ndarray:
     """The open file's bytes as a read-only uint8 array, memory-mapped: scanning and
     parsing read the page cache in place instead of copying the text out of it. The
-    map closes when the last array taken from it is gone."""
+    map closes when the last array taken from it is gone. The size and time checked
+    before each read catch a rewrite; a file cut short in the very moment it is read
+    ends the rank with SIGBUS, which the launcher turns into the end of the job."""
     try:
         return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
     except (OSError, ValueError) as exc:
