@@ -113,7 +113,8 @@ def _prediction_text(loaded, rows, table, kernels) -> bytes:
 
 
 def _check_output(path):
-    """Only rank 0 writes, so only rank 0's view of the file system matters."""
+    """Checked where the file is created, on rank 0; a rank that cannot see the file
+    there says so when it comes to write its rows."""
     target = Path(path)
     if target.is_dir():
         raise UserError(f"Cannot write {path}: it is a folder; give a file name")
