@@ -16,11 +16,7 @@ def atomic_writer(path, mode: str = "wb"):
     Data goes to a temporary file beside ``path``, is flushed to disk, then renamed
     over ``path``: a reader sees the whole old file or the whole new one, never part.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp makes the file private (0600); give it the permissions a plain open()
-    # would, so colleagues on a shared cluster can read the model.
-    os.fchmod(fd, 0o666 & ~_umask())
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -30,6 +26,17 @@ def atomic_writer(path, mode: str = "wb"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temporary_beside(path) -> tuple[int, str]:
+    """(open descriptor, name) of a new temporary file in ``path``'s folder, with the
+    permissions a plain open() would give."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file private (0600); colleagues on a shared cluster should be
+    # able to read a model or a prediction file.
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
 
 
 def _umask() -> int:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from .atomic import _umask, fsync_dir
+from .atomic import fsync_dir, temporary_beside
 
 
 def prediction_header(probs) -> str:
@@ -64,11 +63,10 @@ def write_in_rank_order(path, header: bytes, text: bytes, comm):
 
 def _create(path: Path, header: bytes) -> str:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temporary_beside(path)
     except OSError as exc:
         raise UserError(f"Cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as a plain open() would, not mkstemp's 0600
         os.write(fd, header)
     finally:
         os.close(fd)

@@ -310,15 +310,26 @@ def _whole_line_pieces(text: np.ndarray, start: int, stop: int, piece_bytes: int
     while pos < stop:
         end = min(pos + piece_bytes, stop)
         if end < stop:
-            newlines = np.flatnonzero(text[pos:end] == _NEWLINE)
-            if newlines.size:
-                end = pos + int(newlines[-1]) + 1
-            else:  # one line longer than a piece: take it whole
+            cut = _last_newline(text, pos, end)
+            if cut < 0:  # one line longer than a piece: take it whole
                 more = np.flatnonzero(text[end:stop] == _NEWLINE)
-                end = end + int(more[0]) + 1 if more.size else stop
+                cut = end + int(more[0]) if more.size else stop - 1
+            end = cut + 1
         yield text[pos:end]
         _done_with(text, pos, end)
         pos = end
+
+
+def _last_newline(text: np.ndarray, begin: int, end: int) -> int:
+    """Offset of the last newline in [begin, end), or -1: looked for from the end in
+    small windows, since a piece's last line is short and the piece is not."""
+    while end > begin:
+        start = max(begin, end - (1 << 16))
+        hits = np.flatnonzero(text[start:end] == _NEWLINE)
+        if hits.size:
+            return start + int(hits[-1])
+        end = start
+    return -1
 
 
 def _count_lines(text: np.ndarray) -> int:
