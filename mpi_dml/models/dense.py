@@ -14,6 +14,13 @@ shares weigh in exactly.
 The same code runs on NumPy arrays (CPU) and CuPy arrays (GPU): the array module
 comes from the parameter buffer, and dense products go through ``xp.matmul`` (BLAS on
 the CPU, cuBLAS on the GPU).
+
+Rows may also be a CSR matrix (``scipy.sparse`` on the CPU, ``cupyx.scipy.sparse`` on
+a GPU): the first layer's products then go through ``kernels.sparse`` and nothing is
+made dense. Its weight gradient can be written compactly, for only the features a batch
+touches (``first_rows`` in ``loss_grad``): the buffer then holds the same layers in the
+same order with the first layer's weight cut to those rows (``compact_size``), so a
+gradient exchange moves what the batch touched rather than every feature.
 """
 from __future__ import annotations
 
@@ -22,7 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..devices.arrays import array_module
+from ..kernels import sparse as sparse_kernels
 from .losses import LOSSES, labels_for_loss
+
+
+def is_sparse(x) -> bool:
+    """Whether rows are a sparse matrix (SciPy's or CuPy's), never to be made dense."""
+    return hasattr(x, "indptr") and hasattr(x, "tocsr")
 
 
 @dataclass(frozen=True)
@@ -74,13 +87,30 @@ class Model:
                 "layers": [[l.n_in, l.n_out, l.activation] for l in self.layers]}
 
     # --- buffers --------------------------------------------------------------------
-    def views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(weight, bias) views into ``flat`` for each layer, input to output."""
+    def views(self, flat: np.ndarray, first_rows: int | None = None
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(weight, bias) views into ``flat`` for each layer, input to output; with
+        ``first_rows``, into the compact layout whose first-layer weight has that many
+        rows (``compact_size``)."""
         out = []
+        cut = 0 if first_rows is None else (self.n_features - first_rows) * self.layers[0].n_out
         for i in range(len(self.layers)):
             (_, ws, wo, _), (_, bs, bo, _) = self.params[2 * i], self.params[2 * i + 1]
+            if i == 0 and first_rows is not None:
+                ws, bo = (first_rows, ws[1]), bo - cut
             out.append((flat[wo:wo + ws[0] * ws[1]].reshape(ws), flat[bo:bo + bs[0]]))
         return out
+
+    def first_weight(self) -> tuple[int, int]:
+        """Where the first layer's weight lies in the flat buffer: (offset, size). It is
+        followed by the first layer's bias and nothing else (layers are stored last
+        first), so the compact layout only shortens the buffer's tail."""
+        _, shape, offset, _ = self.params[0]
+        return offset, shape[0] * shape[1]
+
+    def compact_size(self, first_rows: int) -> int:
+        """Values in a buffer whose first-layer weight keeps ``first_rows`` rows."""
+        return self.size - (self.n_features - first_rows) * self.layers[0].n_out
 
     def named(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         return {name: flat[o:o + int(np.prod(s))].reshape(s) for name, s, o, _ in self.params}
@@ -115,7 +145,10 @@ class Model:
         xp = array_module(params)
         acts = [x]
         for (w, b), layer in zip(self.views(params), self.layers):
-            z = xp.matmul(acts[-1], w)
+            if is_sparse(acts[-1]):  # the first layer on CSR rows: nothing made dense
+                z = sparse_kernels.matmul(acts[-1], w)
+            else:
+                z = xp.matmul(acts[-1], w)
             k.bias_act_forward(z, b, layer.activation)
             acts.append(z)
         return acts
@@ -130,8 +163,8 @@ class Model:
         return [self.params[2 * i + 1][2] + self.layers[i].n_out
                 for i in reversed(range(len(self.layers)))]
 
-    def loss_grad(self, params, grads, x, y, k, totals=None,
-                  ready=None) -> tuple[float, int] | None:
+    def loss_grad(self, params, grads, x, y, k, totals=None, ready=None,
+                  first_rows=None) -> tuple[float, int] | None:
         """Overwrite ``grads`` with the gradient summed (not averaged) over the rows of x.
 
         Returns (loss summed over rows, correctly classified rows; 0 for regression), or
@@ -139,10 +172,17 @@ class Model:
         correct rows, rows] there and returns None, so a GPU is not waited for here.
         ``ready(end)``, if given, is called as soon as ``grads[:end]`` is final (once a
         layer, ``layer_ends``), so an exchange can start on it while backward goes on.
+
+        ``first_rows`` (CSR ``x`` only): sorted feature indices, every one ``x`` uses
+        among them; ``grads`` then has the compact layout (``compact_size``) and its
+        first-layer weight holds the gradient of those rows, in that order.
         """
         xp = array_module(params)
+        if first_rows is not None:
+            ready = None  # ``layer_ends`` are the dense layout's
         acts = self.forward(params, x, k)
-        pviews, gviews = self.views(params), self.views(grads)
+        pviews = self.views(params)
+        gviews = self.views(grads, None if first_rows is None else len(first_rows))
         out = acts[-1]
         gw_last, gb_last = gviews[-1]
         loss_kernel = getattr(k, LOSSES[self.loss])
@@ -156,7 +196,10 @@ class Model:
         ends = self.layer_ends()
         for i in reversed(range(len(self.layers))):
             gw, gb = gviews[i]
-            xp.matmul(acts[i].T, delta, out=gw)
+            if i == 0 and is_sparse(x):
+                self._first_weight_grad(x, delta, gw, first_rows)
+            else:
+                xp.matmul(acts[i].T, delta, out=gw)
             if ready is not None:  # layer i's weights and bias are final, and all after it
                 ready(ends[len(self.layers) - 1 - i])
             if i == 0:
@@ -165,6 +208,19 @@ class Model:
             k.act_backward(upstream, acts[i], self.layers[i - 1].activation, gviews[i - 1][1])
             delta = upstream
         return None if totals is not None else (float(loss), int(correct))
+
+    def _first_weight_grad(self, x, delta, gw, first_rows):
+        """``X.T @ delta`` into ``gw``: every feature's row, or only ``first_rows``'s."""
+        if first_rows is None:
+            got = sparse_kernels.t_matmul(x, delta, self.n_features,
+                                          out=gw if sparse_kernels.is_host_csr(x) else None)
+        else:
+            xp = array_module(delta)
+            cols = sparse_kernels.positions(first_rows, x.indices, xp)
+            got = sparse_kernels.t_matmul(x, delta, len(first_rows), columns=cols,
+                                          out=gw if sparse_kernels.is_host_csr(x) else None)
+        if got is not gw:  # another library's product made a new array
+            gw[...] = got
 
     def predict_raw(self, params, x, k) -> np.ndarray:
         """Output layer values before the loss: logits, margins or predictions."""

@@ -1,0 +1,190 @@
+"""Products of CSR rows with dense matrices, and the lazy SGD update of the rows a
+batch touches: the kernels behind training on sparse data.
+
+    >>> from mpi_dml.kernels import sparse
+    >>> z = sparse.matmul(x, w)                  # X @ W, rows x out, dense
+    >>> g = sparse.t_matmul(x, d, n_features)    # X.T @ D, every feature's row
+    >>> keys = sparse.touched(x)                 # the features x uses, sorted
+    >>> pos = sparse.positions(keys, x.indices)  # x's columns renumbered among them
+    >>> g = sparse.t_matmul(x, d, len(keys), columns=pos)   # only those rows
+
+``x`` is a ``scipy.sparse.csr_matrix`` (int32 or int64 indices, float32 or float64
+data) and the dense operands are C-contiguous NumPy arrays; time and memory grow with
+the nonzeros and the touched rows, never with rows x features. A CSR matrix of another
+library (``cupyx.scipy.sparse`` on a GPU) goes through its own products (cuSPARSE).
+
+The Numba kernels run over rows (``matmul``) or over output rows (``t_matmul``) with
+``prange`` when the rank has several threads. Every output value is summed in one
+fixed order whatever the thread count (row by row, in row order), so a result never
+depends on how many threads made it. ``reference.py`` has the same products in SciPy
+terms, and the tests hold these against SciPy's own.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import scipy.sparse
+
+
+def is_host_csr(x) -> bool:
+    """Whether ``x`` is SciPy's CSR (the Numba kernels); else it is some other
+    library's sparse matrix, which multiplies on its own."""
+    return scipy.sparse.issparse(x)
+
+
+# --- X @ W ----------------------------------------------------------------------------
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _csr_matmul(indptr, indices, data, w, out):
+    n, k = out.shape
+    for i in numba.prange(n):
+        for j in range(k):
+            out[i, j] = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            c = indices[p]
+            v = data[p]
+            for j in range(k):
+                out[i, j] += v * w[c, j]
+
+
+def matmul(x, w, out=None):
+    """``X @ W`` as a dense (rows, out) array of ``w``'s dtype."""
+    if not is_host_csr(x):
+        return x @ w
+    if out is None:
+        out = np.empty((x.shape[0], w.shape[1]), dtype=w.dtype)
+    _csr_matmul(x.indptr, x.indices, x.data, w, out)
+    return out
+
+
+# --- X.T @ D --------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _by_column(indptr, indices, n_cols):
+    """The batch's nonzeros grouped by column (a counting sort): ``starts`` per column
+    and, for each, (row, position in ``data``) in increasing row order."""
+    n = indptr.shape[0] - 1
+    nnz = indptr[n]
+    starts = np.zeros(n_cols + 1, dtype=np.int64)
+    for p in range(nnz):
+        starts[indices[p] + 1] += 1
+    for c in range(n_cols):
+        starts[c + 1] += starts[c]
+    fill = starts[:-1].copy()
+    rows = np.empty(nnz, dtype=np.int64)
+    where = np.empty(nnz, dtype=np.int64)
+    for i in range(n):  # rows in order: each column's entries come out in row order
+        for p in range(indptr[i], indptr[i + 1]):
+            c = indices[p]
+            q = fill[c]
+            rows[q] = i
+            where[q] = p
+            fill[c] = q + 1
+    return starts, rows, where
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _csc_times(starts, rows, where, data, d, out):
+    n_cols, k = out.shape
+    for c in numba.prange(n_cols):
+        for j in range(k):
+            out[c, j] = 0
+        for q in range(starts[c], starts[c + 1]):
+            i = rows[q]
+            v = data[where[q]]
+            for j in range(k):
+                out[c, j] += v * d[i, j]
+
+
+def t_matmul(x, d, n_cols, *, columns=None, out=None):
+    """``X.T @ D`` as a dense (n_cols, out) array of ``d``'s dtype.
+
+    With ``columns`` (an index array as long as ``x.indices``) entry ``p`` counts in
+    output row ``columns[p]`` instead of ``x.indices[p]``: the compact form, where
+    ``n_cols`` is the number of touched features and ``columns`` their positions
+    (``touched``). Each output row is the sum over the batch's rows in row order.
+    """
+    indices = x.indices if columns is None else columns
+    if not is_host_csr(x):
+        remapped = type(x)((x.data, indices, x.indptr), shape=(x.shape[0], n_cols))
+        return remapped.T @ d
+    if out is None:
+        out = np.empty((n_cols, d.shape[1]), dtype=d.dtype)
+    starts, rows, where = _by_column(x.indptr, indices, n_cols)
+    _csc_times(starts, rows, where, x.data, d, out)
+    return out
+
+
+def touched(x, xp=np):
+    """The sorted distinct columns ``x`` uses: the first-layer rows a batch touches."""
+    return xp.unique(x.indices)
+
+
+def positions(keys, indices, xp=np):
+    """Where each of ``indices`` (all present in ``keys``, sorted) sits in ``keys``."""
+    return xp.searchsorted(keys, indices)
+
+
+# --- the lazy SGD update of touched rows ------------------------------------------------
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, wd, shrink, scale):
+    """Rows ``rows`` of ``w``: first the steps they missed since ``last[r]`` (weight
+    decay and L1 alone, in closed form from the history), then step ``now`` with their
+    gradient ``g`` (one row per entry of ``rows``), as the dense SGD kernel does it."""
+    k = w.shape[1]
+    zero = w.dtype.type(0)
+    a_now = hist_a[now - 1]
+    s_now = hist_s[now - 1]
+    for q in numba.prange(rows.shape[0]):
+        r = rows[q]
+        was = last[r]
+        ratio = a_now / hist_a[was]
+        off = a_now * (s_now - hist_s[was])
+        for j in range(k):
+            p = w[r, j]
+            if was != now - 1:
+                u = abs(np.float64(p)) * ratio - off
+                p = w.dtype.type(np.copysign(u if u > 0 else 0.0, p))
+            gg = g[q, j] * scale + wd * p
+            p = p - lr * gg
+            w[r, j] = np.copysign(np.maximum(abs(p) - shrink, zero), p)
+        last[r] = now
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _lazy_catch_up(w, last, hist_a, hist_s, now):
+    """Every row of ``w`` brought to clock ``now`` (decay and L1 of the steps it missed)."""
+    a_now = hist_a[now]
+    s_now = hist_s[now]
+    for r in numba.prange(w.shape[0]):
+        was = last[r]
+        if was == now:
+            continue
+        ratio = a_now / hist_a[was]
+        off = a_now * (s_now - hist_s[was])
+        for j in range(w.shape[1]):
+            p = w[r, j]
+            u = abs(np.float64(p)) * ratio - off
+            w[r, j] = w.dtype.type(np.copysign(u if u > 0 else 0.0, p))
+        last[r] = now
+
+
+def lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, weight_decay, l1, grad_scale):
+    """Plain SGD (no momentum) on the rows ``rows`` of the weight matrix ``w`` with their
+    gradient ``g * grad_scale``, after the decay and L1 steps they missed. ``last[r]``
+    is the clock row ``r`` is current at (index into ``hist_*``); the step moves
+    touched rows from clock ``now - 1`` to ``now``. ``hist_a[t]`` is the product of
+    ``1 - lr_s * weight_decay`` and ``hist_s[t]`` the sum of ``lr_s * l1 / hist_a[s]``
+    over the steps ``s <= t`` since the history began, so missing steps ``s+1..t``
+    take ``|p| -> max(|p| * a_t / a_s - a_t * (s_t - s_s), 0)``: a decay then a soft
+    threshold compose into one of each. Arguments are cast as ``cpu.sgd_update`` casts
+    them, so a touched row gets the same arithmetic as the dense update."""
+    dt = w.dtype.type
+    _lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, dt(lr), dt(weight_decay),
+                   dt(lr * l1), dt(grad_scale))
+
+
+def lazy_catch_up(w, last, hist_a, hist_s, now):
+    """Every row of ``w`` brought to clock ``now`` (see ``lazy_sgd_rows``)."""
+    _lazy_catch_up(w, last, hist_a, hist_s, now)
