@@ -170,6 +170,24 @@ def _lazy_catch_up(w, last, hist_a, hist_s, now):
         last[r] = now
 
 
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _lazy_catch_up_rows(w, rows, last, hist_a, hist_s, now):
+    a_now = hist_a[now]
+    s_now = hist_s[now]
+    for q in numba.prange(rows.shape[0]):
+        r = rows[q]
+        was = last[r]
+        if was == now:
+            continue
+        ratio = a_now / hist_a[was]
+        off = a_now * (s_now - hist_s[was])
+        for j in range(w.shape[1]):
+            p = w[r, j]
+            u = abs(np.float64(p)) * ratio - off
+            w[r, j] = w.dtype.type(np.copysign(u if u > 0 else 0.0, p))
+        last[r] = now
+
+
 def lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, weight_decay, l1, grad_scale):
     """Plain SGD (no momentum) on the rows ``rows`` of the weight matrix ``w`` with their
     gradient ``g * grad_scale``, after the decay and L1 steps they missed. ``last[r]``
@@ -185,6 +203,10 @@ def lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, weight_decay, l1, g
                    dt(lr * l1), dt(grad_scale))
 
 
-def lazy_catch_up(w, last, hist_a, hist_s, now):
-    """Every row of ``w`` brought to clock ``now`` (see ``lazy_sgd_rows``)."""
-    _lazy_catch_up(w, last, hist_a, hist_s, now)
+def lazy_catch_up(w, last, hist_a, hist_s, now, rows=None):
+    """Rows ``rows`` of ``w`` (every row: None) brought to clock ``now`` (see
+    ``lazy_sgd_rows``): before a forward pass reads them, or the state is read."""
+    if rows is None:
+        _lazy_catch_up(w, last, hist_a, hist_s, now)
+    else:
+        _lazy_catch_up_rows(w, rows, last, hist_a, hist_s, now)

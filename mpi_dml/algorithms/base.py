@@ -35,10 +35,28 @@ and over ranks, and hands to ``period_record`` at the period's end: a metrics li
 It may be a device array (float64): the engine then reads it together with the reduced
 buffer's summary, so a GPU round waits for the device once.
 
+Rounds that grow with what the rows touch (optional; an algorithm without it is not
+affected). On sparse rows a buffer over every parameter can be mostly zeros: a batch of
+256 rows with 40 nonzeros each touches about 10k of a million first-layer rows. An
+algorithm may then name, before ``contribute``, what this rank's rows touch:
+
+    keys = algorithm.touched(request, rows)     # sorted int64 keys, or None: dense
+    union = sorted union of every rank's keys   # the engine: one Allgather
+    n = algorithm.round_size(request, union)    # this round's buffer: buffer[:n]
+    contribute / reduce buffer[:n] + control slots / apply, in that round's layout
+
+``touched`` returns None on every rank or keys on every rank (it depends on the kind
+of rows, which every rank shares). ``union`` is the same on every rank, so the layout
+``round_size`` picks is too, and is at most ``buffer_size()``. What a global batch
+touches does not depend on how it is split, so neither does the layout.
+
 State: ``arrays()`` names every array of the state ("params", the flat parameters,
 first; then e.g. optimizer moments or a history of vector pairs, of any shape) and
 ``counters()`` the numbers (steps, position); checkpoints store both by name and
-``restore`` puts them back, on any number of ranks.
+``restore`` puts them back, on any number of ranks. An algorithm that defers work on
+part of its state (rows updated lazily, when next touched) finishes it in ``arrays()``:
+checkpoints, replica checks, validation and the saved model read the state there, and
+it must equal what the eager algorithm would hold.
 """
 from __future__ import annotations
 
@@ -104,7 +122,8 @@ class Algorithm:
         raise NotImplementedError
 
     def arrays(self) -> dict:
-        """Name -> array of the state, "params" first; the engine reads, never writes."""
+        """Name -> array of the state, "params" first, with any deferred work done; the
+        engine reads, never writes."""
         raise NotImplementedError
 
     def counters(self) -> dict:
@@ -118,6 +137,17 @@ class Algorithm:
     def next_request(self):
         """The next round's ``Batch`` or ``FullPass``, or None when training is done."""
         raise NotImplementedError
+
+    def touched(self, request, rows):
+        """Sorted int64 keys of what this rank's ``rows`` touch (for sparse rows, the
+        features they use), or None (the default): every round's buffer is dense."""
+        return None
+
+    def round_size(self, request, union) -> int:
+        """Values in this round's buffer, given ``union``: the sorted keys any rank's
+        rows touch, the same on every rank. Called only when ``touched`` gave keys;
+        ``contribute``, ``apply`` and ``skip`` of the round then use its layout."""
+        return self.buffer_size()
 
     def contribute(self, request, rows, buffer):
         """Write this rank's sums over ``rows`` (x, y) into ``buffer``; return local

@@ -10,6 +10,11 @@ parameters on any number of ranks. A period is an epoch. With ``tol`` > 0, train
 stops early once the epoch's training loss has improved by less than ``tol`` on the best
 so far for ``n_iter_no_change`` epochs in a row (scikit-learn's rule for its SGD and
 MLP estimators); the loss is summed over every rank, so every rank stops together.
+
+On sparse rows a round's buffer holds only the first-layer rows of the features the
+global batch touches (``touched`` and ``round_size`` in ``base``), and the step costs
+what the batch touched (``sparse_update``), unless most features were touched: the
+round is then dense as usual.
 """
 from __future__ import annotations
 
@@ -19,9 +24,12 @@ import numpy as np
 
 from ..data.sharding import steps_per_epoch
 from ..errors import TrainingFailed
+from ..kernels import sparse as sparse_kernels
+from ..models.dense import is_sparse
 from .base import Algorithm, Batch
 from .optimizers import Optimizer
 from .schedules import learning_rate
+from .sparse_update import SparseUpdate
 
 # Per-rank statistics of a round: loss sum, correctly classified rows, rows.
 LOSS, CORRECT, ROWS = 0, 1, 2
@@ -51,12 +59,18 @@ class Minibatch(Algorithm):
         # engine reads them with the step's summary, the step's one read.
         self._stats = (dev.zeros(3, np.float64) if getattr(model, "keeps_totals", False)
                        else None)
+        # Sparse rows: the first-layer rows this round's buffer holds (None: dense).
+        self._sparse = SparseUpdate(model, self.opt, self.params, solver, dev.xp) if hasattr(
+            model, "compact_size") else None
+        self._rows = None
 
     # --- state ------------------------------------------------------------------------
     def buffer_size(self) -> int:
         return self.model.size
 
     def arrays(self) -> dict:
+        if self._sparse is not None:
+            self._sparse.catch_up()  # rows left behind by lazy steps: read as the dense update
         return {"params": self.params, **self.opt.state}
 
     def counters(self) -> dict:
@@ -74,6 +88,8 @@ class Minibatch(Algorithm):
         best = counters["best_loss"]  # infinity is written as null
         self.best_loss = math.inf if best is None else best
         self.stale = counters["epochs_without_improvement"]
+        if self._sparse is not None:
+            self._sparse.reset()
 
     # --- rounds -----------------------------------------------------------------------
     def next_request(self):
@@ -82,23 +98,53 @@ class Minibatch(Algorithm):
         return Batch(self.epoch, self.step, self.steps, self.solver.batch_size,
                      self.solver.seed)
 
+    def touched(self, request, rows):
+        """The features this rank's sparse rows use (host, sorted), or None: dense rows,
+        or a model without a compact layout."""
+        xb = rows[0]
+        if self._sparse is None or not is_sparse(xb):
+            return None
+        return np.asarray(self.dev.to_host(sparse_kernels.touched(xb, self.dev.xp)),
+                          dtype=np.int64)
+
+    def round_size(self, request, union) -> int:
+        # Compact only where it saves most of the exchange and of the update: a batch
+        # that touches over half the features is cheaper sent dense (no remapping).
+        if 2 * len(union) > self.model.n_features:
+            self._rows = None
+            self._sparse.catch_up()  # the forward pass may read any row
+            return self.buffer_size()
+        self._rows = self.dev.from_host(union)
+        self._sparse.catch_up_rows(self._rows)  # the rows the forward pass reads
+        return self.model.compact_size(len(union))
+
     def contribute(self, request, rows, buffer, ready=None):
         xb, yb = rows
+        compact = {} if self._rows is None else {"first_rows": self._rows}
         if self._stats is not None:
             more = {"ready": ready} if ready and getattr(self.model, "streams_gradient",
                                                          False) else {}
             self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels,
-                                 totals=self._stats, **more)
+                                 totals=self._stats, **more, **compact)
             return self._stats
-        loss, hits = self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels)
+        loss, hits = self.model.loss_grad(self.params, buffer, xb, yb, self.dev.kernels,
+                                          **compact)
         return np.array([loss, hits, xb.shape[0]], dtype=np.float64)
 
     def apply(self, request, buffer, count: int):
         # Divided by the rows inside the update: no pass over the buffer of its own.
-        self.opt.step(self.params, buffer, self.lr(self.global_step), 1.0 / count)
+        lr = self.lr(self.global_step)
+        if self._rows is not None:
+            self._sparse.step(buffer, self._rows, lr, 1.0 / count)
+        elif self._sparse is not None:
+            self._sparse.dense_step(buffer, lr, 1.0 / count)
+        else:
+            self.opt.step(self.params, buffer, lr, 1.0 / count)
+        self._rows = None
         self._advance()
 
     def skip(self, request):
+        self._rows = None
         self._advance()
 
     def _advance(self):
@@ -106,6 +152,8 @@ class Minibatch(Algorithm):
         self.step += 1
         if self.step == self.steps:
             self.epoch, self.step = self.epoch + 1, 0
+            if self._sparse is not None:
+                self._sparse.catch_up()  # keeps the lazy history an epoch long at most
 
     # --- records ----------------------------------------------------------------------
     def lr(self, step: int) -> float:

@@ -22,6 +22,8 @@ class CpuDevice:
         return np.zeros(n, dtype=dtype)
 
     def from_host(self, array):
+        if hasattr(array, "indptr"):  # CSR rows stay as they are: never made dense
+            return array
         return np.ascontiguousarray(array)
 
     def to_host(self, array) -> np.ndarray:

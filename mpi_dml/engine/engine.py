@@ -13,7 +13,9 @@ Each round is one Allreduce (``algorithms.base`` has the contract): the algorith
 says what it needs, the engine hands it this rank's rows, the algorithm writes its
 sums into the buffer, the engine reduces the buffer with two control slots on its end
 (a stop requested by a signal, a checkpoint due by rank 0's clock), and the algorithm
-applies the result. Around that the engine keeps what every algorithm needs: the
+applies the result. On sparse rows an algorithm may first name what its rows touch;
+the engine gathers the union over the ranks, and the round's buffer then holds only
+that (a compact gradient of the touched features). Around that the engine keeps what every algorithm needs: the
 data plan, the non-finite guard, replica checks, the stall watchdog, stops on
 signals, checkpoints and resume on any number of ranks, validation, metrics and
 progress. Rank 0 writes; every rank ends with the same result.
@@ -39,6 +41,7 @@ from ..devices.arrays import array_module
 from ..errors import AgreedError, Preempted, TrainingFailed, UserError
 from ..io.model_files import save_model
 from ..models import build_model
+from ..models.dense import is_sparse
 from ..parallel import consistency
 from ..parallel.comm import mpi_library
 from ..parallel.threads import apply_threads, threads_per_rank
@@ -54,6 +57,22 @@ from .run_folder import PREEMPTED_MARK, RunFolder, check_out_dir
 # Trailing slots of the buffer that ride along in its Allreduce, so the ranks agree on
 # what to do after each round without a collective of their own.
 STOP, CHECKPOINT, CONTROL_SLOTS = 0, 1, 2
+
+
+def _training_rows(x, dtype, scale, comm):
+    """The rank's rows in the training dtype: dense ones standardized as asked; sparse
+    ones (CSR) kept sparse. Every rank must hold the same kind."""
+    sparse = is_sparse(x)
+    comm.agreed(_same_kind, sparse, comm.allreduce_int(int(sparse)), comm.size)
+    if not sparse or scale is not None:
+        return scaled(x, dtype, scale, in_place=True)
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _same_kind(sparse, n_sparse, size):
+    if 0 < n_sparse < size:
+        raise UserError(f"the training rows are sparse on {n_sparse} of {size} ranks and "
+                        f"dense on the others; give every rank rows of one kind")
 
 
 class Engine:
@@ -145,7 +164,7 @@ class Engine:
             self.scale = resumed.standardize  # as first computed: bit-identical batches
         else:
             self.scale = standardization(data.train.x, comm) if cfg.standardize else None
-        self.x = scaled(data.train.x, dtype, self.scale, in_place=True)
+        self.x = _training_rows(data.train.x, dtype, self.scale, comm)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
         self.y = model.labels(data.train.y, dtype)
         # A GPU may keep the rows in its memory (--data-on-device); agreed, as it may fail.
@@ -209,15 +228,23 @@ class Engine:
     def _round(self, request, period) -> np.ndarray:
         """One Allreduce: rows -> contribution -> reduction -> apply (or skip)."""
         comm, dev, algo = self.comm, self.dev, self.algorithm
-        n = algo.buffer_size()
-        buf, control = self.buffer[:n], self.buffer[n:]
         if comm.watchdog is not None:
             comm.watchdog.step = self.step + 1  # 1-based, as users count
         t0 = time.perf_counter()
         rows, count = self._rows.get(request)
         t1 = time.perf_counter()
+        touched = getattr(algo, "touched", None)
+        keys = touched(request, rows) if touched is not None else None
+        if keys is None:
+            n = algo.buffer_size()
+        else:  # collective: the same union, so the same layout, on every rank
+            n = algo.round_size(request, self._union(keys))
+        reduced = self.buffer[:n + CONTROL_SLOTS]
+        buf, control = reduced[:n], reduced[n:]
+        t_union = time.perf_counter() - t1
+        t1 += t_union
         # A device that can start the exchange during backward is told what is final.
-        ready = dev.exchange_as_ready(self.buffer) if getattr(
+        ready = dev.exchange_as_ready(reduced) if keys is None and getattr(
             algo, "streams_gradient", False) else None
         if ready is None:
             stats = algo.contribute(request, rows, buf)
@@ -232,7 +259,7 @@ class Engine:
             control[...] = dev.from_host(mine)
         t2 = time.perf_counter()
         with comm.watched("Allreduce(gradients)"):
-            dev.allreduce_(self.buffer)
+            dev.allreduce_(reduced)
             # One read from the device decides the round: |buf|^2 (NaN or Inf when any
             # element is) and the summed control slots.
             seen = dev.to_host(consistency.step_summary(
@@ -248,8 +275,9 @@ class Engine:
             period.skipped += 1
         self.step += 1
         t4 = time.perf_counter()
-        period.time(data=t1 - t0, compute=(t2 - t1) + (t4 - t3), comm=t3 - t2,
-                    rows=len(rows[0]) if isinstance(rows, tuple) else 0)
+        period.time(data=t1 - t_union - t0, compute=(t2 - t1) + (t4 - t3),
+                    comm=t3 - t2 + t_union,
+                    rows=rows[0].shape[0] if isinstance(rows, tuple) else 0)
         if isinstance(request, Batch):
             self.progress.step(request.epoch, request.step)
         if self.cfg.check_every and self.step % self.cfg.check_every == 0:
@@ -275,6 +303,13 @@ class Engine:
             self._write("metrics.jsonl", self.folder.write_metrics, self.history)
         self.progress.period(index, record)
         return record
+
+    def _union(self, keys) -> np.ndarray:
+        """Collective: the sorted keys that any rank's rows touch this round."""
+        if self.comm.size == 1:
+            return keys
+        parts = self.comm.allgather(keys, what="touched features")
+        return np.unique(np.concatenate(parts))
 
     def _host_params(self) -> np.ndarray:
         return self.dev.to_host(self.algorithm.arrays()["params"])

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..data.standardize import scaled
 from ..devices.arrays import array_module
+from ..models.dense import is_sparse
 
 EVAL_CHUNK = 8192  # rows per forward pass: bounds memory whatever the shard size
 
@@ -13,8 +14,9 @@ EVAL_CHUNK = 8192  # rows per forward pass: bounds memory whatever the shard siz
 def split_metrics(model, params, x, y, kernels, comm, *, standardize=None) -> dict:
     """Loss and accuracy (classifiers) or mse/r2 (regression) over every rank's rows.
 
-    ``x`` and ``y`` are host arrays; ``params`` and ``kernels`` may be on a GPU, in
-    which case each chunk of rows is copied there. The metrics are host floats.
+    ``x`` and ``y`` are host arrays (``x`` may be CSR rows); ``params`` and ``kernels``
+    may be on a GPU, in which case each chunk of rows is copied there. The metrics are
+    host floats.
     """
     chunks = ((x[lo:lo + EVAL_CHUNK], y[lo:lo + EVAL_CHUNK])
               for lo in range(0, x.shape[0], EVAL_CHUNK))
@@ -28,11 +30,22 @@ def local_sums(model, params, chunks, kernels, *, standardize=None) -> tuple[flo
     dtype = params.dtype
     loss = correct = 0.0
     for xc, yc in chunks:
-        xb = scaled(xc, dtype, standardize, xp=xp)
+        if is_sparse(xc) and standardize is None:
+            xb = sparse_rows_on(xc.astype(dtype, copy=False), xp)
+        else:
+            xb = scaled(xc, dtype, standardize, xp=xp)
         yb = xp.asarray(model.labels(yc, dtype))
         l, c, _ = model.evaluate(params, xb, yb, kernels)
         loss, correct = loss + l, correct + c
     return loss, correct
+
+
+def sparse_rows_on(x, xp):
+    """Host CSR rows where ``xp`` computes: as they are for NumPy, else on the GPU."""
+    if xp is np:
+        return x
+    from ..devices.gpu import csr_on_device
+    return csr_on_device(x)
 
 
 def reduced_metrics(model, loss, correct, y, comm) -> dict:
