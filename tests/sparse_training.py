@@ -62,7 +62,7 @@ def labels_for(model, binary, classes, targets):
     return classes if model in ("softmax", "mlp") else binary
 
 
-def training_data(x, y, rank, size, *, dense=False) -> TrainingData:
+def training_data(x, y, rank, size, *, dense=False, names=None) -> TrainingData:
     """The rank's share of the first N_ROWS rows (whole virtual shards, as the data plan
     has them) and a chunk of the last N_VAL as validation."""
     bounds = sharding.shard_bounds(N_ROWS, SHARDS)
@@ -72,10 +72,10 @@ def training_data(x, y, rank, size, *, dense=False) -> TrainingData:
     train_x, val_x = x[lo:hi], x[N_ROWS + vlo:N_ROWS + vhi]
     if dense:
         train_x, val_x = train_x.toarray(), val_x.toarray()
-    n_classes = 0 if y is None or y.dtype.kind == "f" and not np.all(y == np.round(y)) else int(y.max()) + 1
+    n_classes = 0 if not np.all(y == np.round(y)) else max(int(y.max()) + 1, 2)
+    names = names or [f"f{i}" for i in range(x.shape[1])]
     return TrainingData(Split(train_x, y[lo:hi]), Split(val_x, y[N_ROWS + vlo:N_ROWS + vhi]),
-                        [f"f{i}" for i in range(x.shape[1])], max(n_classes, 2) if n_classes else 0,
-                        np.diff(bounds), np.arange(s0, s1), N_ROWS, N_VAL)
+                        names, n_classes, np.diff(bounds), np.arange(s0, s1), N_ROWS, N_VAL)
 
 
 def counting(sizes):
@@ -93,13 +93,14 @@ def counting(sizes):
     return make
 
 
-def fit(comm, name, *, dense=False, data=None, sizes=None, **runtime):
+def fit(comm, name, *, dense=False, data=None, sizes=None, names=None, **runtime):
     """Collective: run ``name`` of ``RUNS`` on this rank's rows; the finished engine."""
     settings = {**COMMON, **RUNS[name], **runtime}
     x, binary, classes, targets = data or rows()
     y = labels_for(settings["model"], binary, classes, targets)
     cfg = TrainConfig(**settings)
-    engine = Engine(cfg, comm=comm, data=training_data(x, y, comm.rank, comm.size, dense=dense),
+    share = training_data(x, y, comm.rank, comm.size, dense=dense, names=names)
+    engine = Engine(cfg, comm=comm, data=share,
                     algorithm=counting(sizes if sizes is not None else []), process=False)
     engine.final = engine.fit()
     return engine

@@ -40,6 +40,7 @@ from ..devices import select_device
 from ..devices.arrays import array_module
 from ..errors import AgreedError, Preempted, TrainingFailed, UserError
 from ..io.model_files import save_model
+from ..kernels.sparse import sorted_unique
 from ..models import build_model
 from ..models.dense import is_sparse
 from ..parallel import consistency
@@ -309,7 +310,7 @@ class Engine:
         if self.comm.size == 1:
             return keys
         parts = self.comm.allgather(keys, what="touched features")
-        return np.unique(np.concatenate(parts))
+        return sorted_unique(np.concatenate(parts))
 
     def _host_params(self) -> np.ndarray:
         return self.dev.to_host(self.algorithm.arrays()["params"])

@@ -216,7 +216,7 @@ class Model:
                                           out=gw if sparse_kernels.is_host_csr(x) else None)
         else:
             xp = array_module(delta)
-            cols = sparse_kernels.positions(first_rows, x.indices, xp)
+            cols = sparse_kernels.positions(first_rows, x.indices, xp, self.n_features)
             got = sparse_kernels.t_matmul(x, delta, len(first_rows), columns=cols,
                                           out=gw if sparse_kernels.is_host_csr(x) else None)
         if got is not gw:  # another library's product made a new array
