@@ -93,14 +93,15 @@ def counting(sizes):
     return make
 
 
-def fit(comm, name, *, dense=False, data=None, sizes=None, names=None, **runtime):
+def fit(comm, name, *, dense=False, data=None, sizes=None, names=None, device=None,
+        **runtime):
     """Collective: run ``name`` of ``RUNS`` on this rank's rows; the finished engine."""
     settings = {**COMMON, **RUNS[name], **runtime}
     x, binary, classes, targets = data or rows()
     y = labels_for(settings["model"], binary, classes, targets)
     cfg = TrainConfig(**settings)
     share = training_data(x, y, comm.rank, comm.size, dense=dense, names=names)
-    engine = Engine(cfg, comm=comm, data=share,
+    engine = Engine(cfg, comm=comm, data=share, device=device,
                     algorithm=counting(sizes if sizes is not None else []), process=False)
     engine.final = engine.fit()
     return engine

@@ -54,6 +54,22 @@ def import_cupy():
     return cupy
 
 
+def cupyx_sparse():
+    """``cupyx.scipy.sparse``: CSR rows on the GPU, multiplied by cuSPARSE."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import cupyx.scipy.sparse
+    return cupyx.scipy.sparse
+
+
+def csr_on_device(x):
+    """Host CSR rows (SciPy) as CuPy's CSR: the three arrays cross to the GPU as they
+    are, so the rows stay sorted and nothing is made dense."""
+    cupy = import_cupy()
+    return cupyx_sparse().csr_matrix(
+        (cupy.asarray(x.data), cupy.asarray(x.indices), cupy.asarray(x.indptr)), shape=x.shape)
+
+
 def first_line(exc) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -145,6 +145,8 @@ class GpuDevice:
         return self.xp.zeros(n, dtype=dtype)
 
     def from_host(self, array):
+        if hasattr(array, "indptr"):  # CSR rows: CuPy's CSR, never made dense
+            return gpu.csr_on_device(array)
         return self.xp.asarray(array)
 
     def to_host(self, array) -> np.ndarray:
@@ -158,7 +160,10 @@ class GpuDevice:
         """The rows batches are gathered from, for ``--data-on-device mode``: in GPU memory
         (``yes``, or ``auto`` when they take at most half of its free memory, leaving the
         rest to the steps), else where they are. Rows in GPU memory cross PCIe once, here;
-        rows on the host cross it batch by batch."""
+        rows on the host cross it batch by batch. Sparse rows stay on the host: a batch
+        of them is small, and is gathered there (``batches``)."""
+        if hasattr(x, "indptr"):
+            return x, y
         nbytes = x.nbytes + y.nbytes
         if mode == "auto":
             free, _ = self.xp.cuda.runtime.memGetInfo()
@@ -191,6 +196,9 @@ class GpuDevice:
         indices = [plan.local_indices(step) for step in range(start, stop)]
         if not indices:
             return
+        if hasattr(x, "indptr"):
+            yield from self._sparse_batches(x, y, indices)
+            return
         if isinstance(x, self.xp.ndarray):
             yield from self._gathered_on_device(x, y, indices)
             return
@@ -218,6 +226,12 @@ class GpuDevice:
         for end, idx in zip(ends, indices):
             picked = rows[end - len(idx):end]
             yield xp.take(x, picked, axis=0), xp.take(y, picked, axis=0)
+
+    def _sparse_batches(self, x, y, indices):
+        """CSR rows gathered on the host (SciPy keeps each row's columns sorted) and
+        sent as CuPy's CSR: the nonzeros cross PCIe, never rows x features."""
+        for idx in indices:
+            yield gpu.csr_on_device(x[idx]), self.xp.asarray(y[idx])
 
     def _batch_slots(self, cap, x, y):
         if not (self._slots and all(s.fits(cap, x, y) for s in self._slots)):
