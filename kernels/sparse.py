@@ -29,7 +29,12 @@ import scipy.sparse
 def is_host_csr(x) -> bool:
     """Whether ``x`` is SciPy's CSR (the Numba kernels); else it is some other
     library's sparse matrix, which multiplies on its own."""
-    return scipy.sparse.issparse(x)
+    return scipy.sparse.issparse(x) and x.format == "csr"
+
+
+def _as_csr(x):
+    """SciPy rows in another sparse format (CSC, COO) as CSR; anything else as given."""
+    return x.tocsr() if scipy.sparse.issparse(x) and x.format != "csr" else x
 
 
 # --- X @ W ----------------------------------------------------------------------------
@@ -49,6 +54,7 @@ def _csr_matmul(indptr, indices, data, w, out):
 
 def matmul(x, w, out=None):
     """``X @ W`` as a dense (rows, out) array of ``w``'s dtype."""
+    x = _as_csr(x)
     if not is_host_csr(x):
         return x @ w
     if out is None:
@@ -104,6 +110,7 @@ def t_matmul(x, d, n_cols, *, columns=None, out=None):
     ``n_cols`` is the number of touched features and ``columns`` their positions
     (``touched``). Each output row is the sum over the batch's rows in row order.
     """
+    x = _as_csr(x)
     indices = x.indices if columns is None else columns
     if not is_host_csr(x):
         remapped = type(x)((x.data, indices, x.indptr), shape=(x.shape[0], n_cols))

@@ -148,3 +148,20 @@ def test_huge_feature_counts_cost_only_the_nonzeros():
     want = np.zeros((len(keys), 2))
     np.add.at(want, np.searchsorted(keys, x.indices), x.data[:, None] * np.repeat(d, 40, axis=0))
     np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
+
+
+def test_other_scipy_formats_are_taken_as_csr():
+    x = csr(11, 40, dtype=np.float64, index=np.int32)
+    w, d = np.ones((40, 2)), np.ones((11, 2))
+    for other in (x.tocsc(), x.tocoo()):
+        np.testing.assert_allclose(sparse.matmul(other, w), x @ w)
+        np.testing.assert_allclose(sparse.t_matmul(other, d, 40), x.T @ d)
+
+
+def test_compact_columns_through_the_lookup_table_match_a_search():
+    x = csr(50, 3000, dtype=np.float32, index=np.int64, density=0.01, seed=8)
+    keys = np.union1d(sparse.touched(x), [1, 2999])
+    np.testing.assert_array_equal(sparse.positions(keys, x.indices, np, 3000),
+                                  np.searchsorted(keys, x.indices))
+    np.testing.assert_array_equal(sparse.sorted_unique(np.array([5, 1, 5, 3, 1])), [1, 3, 5])
+    assert sparse.sorted_unique(np.array([], dtype=np.int32)).size == 0
