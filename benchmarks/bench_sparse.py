@@ -185,6 +185,8 @@ def main():
         gap = float(np.max(np.abs(a - b)))
         if gap > 1e-5:
             raise SystemExit(f"bench_sparse: {name}: compact and dense steps differ by {gap}")
+    if comm.is_root:
+        print("validation: PASS (compact and dense steps give the same parameters)")
     times = {(name, mode): [] for name in OPTIMIZERS for mode in ("dense", "compact")}
     for _ in range(args.repeats):
         for name, settings in OPTIMIZERS.items():

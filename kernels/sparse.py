@@ -13,8 +13,9 @@ data) and the dense operands are C-contiguous NumPy arrays; time and memory grow
 the nonzeros and the touched rows, never with rows x features. A CSR matrix of another
 library (``cupyx.scipy.sparse`` on a GPU) goes through its own products (cuSPARSE).
 
-The Numba kernels run over rows (``matmul``) or over output rows (``t_matmul``) with
-``prange`` when the rank has several threads. Every output value is summed in one
+The product kernels run over rows (``matmul``) or over output rows (``t_matmul``) with
+``prange`` when the rank has several threads; the lazy update is serial, as the dense
+update kernels are: it touches a few thousand rows, less than a thread pool's start. Every output value is summed in one
 fixed order whatever the thread count (row by row, in row order), so a result never
 depends on how many threads made it. ``reference.py`` has the same products in SciPy
 terms, and the tests hold these against SciPy's own.
@@ -174,7 +175,7 @@ def positions(keys, indices, xp=np, n_cols=None):
 
 # --- the lazy SGD update of touched rows ------------------------------------------------
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy")
 def _lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, wd, shrink, scale):
     """Rows ``rows`` of ``w``: first the steps they missed since ``last[r]`` (weight
     decay and L1 alone, in closed form from the history), then step ``now`` with their
@@ -183,7 +184,7 @@ def _lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, wd, shrink, scale)
     zero = w.dtype.type(0)
     a_now = hist_a[now - 1]
     s_now = hist_s[now - 1]
-    for q in numba.prange(rows.shape[0]):
+    for q in range(rows.shape[0]):
         r = rows[q]
         was = last[r]
         ratio = a_now / hist_a[was]
@@ -199,12 +200,12 @@ def _lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, wd, shrink, scale)
         last[r] = now
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy")
 def _lazy_catch_up(w, last, hist_a, hist_s, now):
     """Every row of ``w`` brought to clock ``now`` (decay and L1 of the steps it missed)."""
     a_now = hist_a[now]
     s_now = hist_s[now]
-    for r in numba.prange(w.shape[0]):
+    for r in range(w.shape[0]):
         was = last[r]
         if was == now:
             continue
@@ -217,11 +218,11 @@ def _lazy_catch_up(w, last, hist_a, hist_s, now):
         last[r] = now
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy")
 def _lazy_catch_up_rows(w, rows, last, hist_a, hist_s, now):
     a_now = hist_a[now]
     s_now = hist_s[now]
-    for q in numba.prange(rows.shape[0]):
+    for q in range(rows.shape[0]):
         r = rows[q]
         was = last[r]
         if was == now:

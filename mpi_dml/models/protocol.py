@@ -26,6 +26,11 @@ them on any number of ranks.
     streams_gradient: bool (optional)  True when ``loss_grad`` also takes ``ready=``, a
                                        function it calls with ``end`` once ``grads[:end]``
                                        is final, so a GPU exchange starts during backward
+    compact_size(rows) -> int,         (optional) sparse rows: a buffer layout whose first
+    first_weight() -> (offset, size)   layer's weight keeps only the rows of the features
+                                       a batch touches, ``loss_grad(..., first_rows=)``
+                                       writing it; the first layer's weight is the flat
+                                       buffer's tail but for its bias (``dense.Model``)
     evaluate(params, x, y, kernels) -> (loss_sum, correct, raw outputs)
                                        the same sums without a gradient (validation)
     labels(y, dtype) -> array          labels in the form ``loss_grad`` takes them

@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
 import sparse_training as st  # noqa: E402
 from mpi_dml.parallel.comm import Comm, install_abort_hook  # noqa: E402
 
-RUNS_HERE = ("sgd_decay_l1", "linear_l1", "softmax_momentum", "logistic_adam",
-             "mlp_sgd_decay")
+RUNS_HERE = ("sgd_decay_l1", "softmax_momentum", "logistic_adam", "mlp_sgd_decay")
 RESUMED = ("sgd_decay_l1", "softmax_momentum")
 EVERY = 10  # 7.5 steps an epoch: step 10 is inside the second
 
