@@ -8,6 +8,10 @@ signatures and results:
 * ``cuda``      - Numba ``@cuda.jit`` kernels over device arrays (CuPy arrays on a
                   GPU, NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``).
 
+Sparse rows (CSR) have kernels of their own, for the first layer's products and the
+lazy update of the rows a batch touches: ``sparse`` (``from mpi_dml.kernels import
+sparse``), on the CPU; a GPU multiplies CuPy's CSR with cuSPARSE.
+
 Backends are imported only when asked for, so importing this package neither loads
 Numba nor compiles anything.
 

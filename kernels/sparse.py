@@ -258,3 +258,22 @@ def lazy_catch_up(w, last, hist_a, hist_s, now, rows=None):
         _lazy_catch_up(w, last, hist_a, hist_s, now)
     else:
         _lazy_catch_up_rows(w, rows, last, hist_a, hist_s, now)
+
+
+def warm_up(dtype, index_dtype=np.int32):
+    """Compile every kernel above for ``dtype`` rows with ``index_dtype`` indices now
+    (or load it from Numba's cache), so the first step is not the one that pays."""
+    dtype = np.dtype(dtype)
+    x = scipy.sparse.csr_matrix((np.ones(3, dtype=dtype), np.array([0, 2, 1], dtype=index_dtype),
+                                 np.array([0, 2, 3], dtype=index_dtype)), shape=(2, 8))
+    w = np.ones((8, 2), dtype=dtype)
+    matmul(x, w)
+    keys = touched(x)
+    t_matmul(x, w[:2], len(keys), columns=positions(keys, x.indices, np, 8))
+    t_matmul(x, w[:2], 8)
+    last = np.zeros(8, dtype=np.int32)
+    hist = np.ones(4)
+    lazy_sgd_rows(w, keys.astype(np.int64), w[:len(keys)].copy(), last, hist, hist * 0, 1,
+                  0.1, 0.0, 0.0, 1.0)
+    lazy_catch_up(w, last, hist, hist * 0, 1, keys.astype(np.int64))
+    lazy_catch_up(w, last, hist, hist * 0, 1)

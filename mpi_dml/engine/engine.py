@@ -40,7 +40,7 @@ from ..devices import select_device
 from ..devices.arrays import array_module
 from ..errors import AgreedError, Preempted, TrainingFailed, UserError
 from ..io.model_files import save_model
-from ..kernels.sparse import sorted_unique
+from ..kernels import sparse as sparse_kernels
 from ..models import build_model
 from ..models.dense import is_sparse
 from ..parallel import consistency
@@ -167,6 +167,8 @@ class Engine:
             self.scale = standardization(data.train.x, comm) if cfg.standardize else None
         self.x = _training_rows(data.train.x, dtype, self.scale, comm)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
+        if is_sparse(self.x) and dev.xp is np:  # compiled before the clock starts
+            sparse_kernels.warm_up(dtype, self.x.indices.dtype)
         self.y = model.labels(data.train.y, dtype)
         # A GPU may keep the rows in its memory (--data-on-device); agreed, as it may fail.
         self.x, self.y = dev.setup_step("placing the training rows", dev.place_rows, self.x,
@@ -310,7 +312,7 @@ class Engine:
         if self.comm.size == 1:
             return keys
         parts = self.comm.allgather(keys, what="touched features")
-        return sorted_unique(np.concatenate(parts))
+        return sparse_kernels.sorted_unique(np.concatenate(parts))
 
     def _host_params(self) -> np.ndarray:
         return self.dev.to_host(self.algorithm.arrays()["params"])
