@@ -14,11 +14,12 @@ the nonzeros and the touched rows, never with rows x features. A CSR matrix of a
 library (``cupyx.scipy.sparse`` on a GPU) goes through its own products (cuSPARSE).
 
 The product kernels run over rows (``matmul``) or over output rows (``t_matmul``) with
-``prange`` when the rank has several threads; the lazy update is serial, as the dense
-update kernels are: it touches a few thousand rows, less than a thread pool's start. Every output value is summed in one
-fixed order whatever the thread count (row by row, in row order), so a result never
-depends on how many threads made it. ``reference.py`` has the same products in SciPy
-terms, and the tests hold these against SciPy's own.
+``prange`` when the rank has several threads. Every output value is summed in one fixed
+order whatever the thread count (row by row, in row order), so a result never depends
+on how many threads made it. The lazy update is serial, as the dense update kernels
+are: it touches a few thousand rows, less than starting a thread pool costs. SciPy's
+own sparse products are the reference the tests hold these to
+(``tests/test_sparse_kernels.py``).
 """
 from __future__ import annotations
 

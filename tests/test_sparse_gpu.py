@@ -113,5 +113,6 @@ def test_sparse_rows_on_a_real_gpu_train_the_dense_model():
     dev = gpu_device.GpuDevice(comm, np.float64)
     data = st.rows()
     on_gpu = st.fit(comm, "logistic_adam", data=data, device=dev)
-    dense = st.fit(comm, "logistic_adam", data=data, dense=True, device=CpuDevice(comm, np.float64))
+    dense = st.fit(comm, "logistic_adam", data=data, dense=True,
+                   device=CpuDevice(comm, np.float64))
     assert np.max(np.abs(on_gpu.params - dense.params)) <= TOL

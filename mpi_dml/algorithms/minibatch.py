@@ -24,7 +24,6 @@ import numpy as np
 
 from ..data.sharding import steps_per_epoch
 from ..errors import TrainingFailed
-from ..kernels import sparse as sparse_kernels
 from ..models.dense import is_sparse
 from .base import Algorithm, Batch
 from .optimizers import Optimizer
@@ -104,8 +103,8 @@ class Minibatch(Algorithm):
         xb = rows[0]
         if self._sparse is None or not is_sparse(xb):
             return None
-        return np.asarray(self.dev.to_host(sparse_kernels.touched(xb, self.dev.xp)),
-                          dtype=np.int64)
+        from ..kernels.sparse import touched  # loads Numba: only for sparse rows
+        return np.asarray(self.dev.to_host(touched(xb, self.dev.xp)), dtype=np.int64)
 
     def round_size(self, request, union) -> int:
         # Compact only where it saves most of the exchange and of the update: a batch

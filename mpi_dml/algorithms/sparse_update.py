@@ -11,10 +11,10 @@ batch touched, in one of two ways:
   (``p -= lr * wd * p``) and the L1 soft threshold (``|p| -> max(|p| - lr * l1, 0)``).
   A decay then a threshold compose into one of each, so the steps a row missed are
   caught up in closed form when it is next touched, before the forward pass reads it
-  (``kernels.sparse.lazy_catch_up``), from a history of two running numbers per step. Every row is caught up whenever the
-  state is read (``arrays``: checkpoints, replica checks, validation, the saved model)
-  and at each epoch's end, so what is stored equals the dense update's model and the
-  history stays short.
+  (``kernels.sparse.lazy_catch_up``), from a history of two running numbers per step.
+  Every row is caught up whenever the state is read (``arrays``: checkpoints, replica
+  checks, validation, the saved model) and at each epoch's end, so what is stored
+  equals the dense update's model and the history stays short.
 * ``dense`` (momentum, Nesterov, Adam, AdamW; any optimizer on a GPU): those move
   untouched weights too (the velocity or the moments keep going), with no closed form
   for the catch-up of Adam's. The compact gradient is put into a dense gradient buffer
@@ -24,8 +24,6 @@ batch touched, in one of two ways:
 from __future__ import annotations
 
 import numpy as np
-
-from ..kernels import sparse as sparse_kernels
 
 # A history whose running decay product falls below this is caught up and restarted,
 # long before a float64 underflow could lose the catch-up's ratio.
@@ -76,6 +74,8 @@ class SparseUpdate:
         tail = c + self.size
         k.sgd_update(p[tail:], buf[cut:], vel[tail:], lr, 0.0, False, s.weight_decay, s.l1,
                      mask[tail:], grad_scale)
+        from ..kernels import sparse as sparse_kernels  # Numba, loaded for sparse rows only
+
         now = self.clock + 1
         self._grow(now)
         if self.last is None:  # int32: a history lasts an epoch at most
@@ -117,6 +117,7 @@ class SparseUpdate:
         catches up the same rows (the union over ranks) at the same step, so their
         parameters stay equal bit for bit."""
         if self.lazy and self.clock and self.last is not None:
+            from ..kernels import sparse as sparse_kernels
             sparse_kernels.lazy_catch_up(self.w0, self.last, self._hist_a, self._hist_s,
                                          self.clock, rows)
 
@@ -124,6 +125,7 @@ class SparseUpdate:
         """Every first-layer row brought up to date, and the history started again."""
         if not self.lazy or self.clock == 0:
             return
+        from ..kernels import sparse as sparse_kernels
         sparse_kernels.lazy_catch_up(self.w0, self.last, self._hist_a, self._hist_s,
                                      self.clock)
         self.reset()

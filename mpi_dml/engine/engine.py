@@ -15,10 +15,10 @@ sums into the buffer, the engine reduces the buffer with two control slots on it
 (a stop requested by a signal, a checkpoint due by rank 0's clock), and the algorithm
 applies the result. On sparse rows an algorithm may first name what its rows touch;
 the engine gathers the union over the ranks, and the round's buffer then holds only
-that (a compact gradient of the touched features). Around that the engine keeps what every algorithm needs: the
-data plan, the non-finite guard, replica checks, the stall watchdog, stops on
-signals, checkpoints and resume on any number of ranks, validation, metrics and
-progress. Rank 0 writes; every rank ends with the same result.
+that (a compact gradient of the touched features). Around that the engine keeps what
+every algorithm needs: the data plan, the non-finite guard, replica checks, the stall
+watchdog, stops on signals, checkpoints and resume on any number of ranks, validation,
+metrics and progress. Rank 0 writes; every rank ends with the same result.
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ from ..devices import select_device
 from ..devices.arrays import array_module
 from ..errors import AgreedError, Preempted, TrainingFailed, UserError
 from ..io.model_files import save_model
-from ..kernels import sparse as sparse_kernels
 from ..models import build_model
 from ..models.dense import is_sparse
 from ..parallel import consistency
@@ -168,7 +167,8 @@ class Engine:
         self.x = _training_rows(data.train.x, dtype, self.scale, comm)
         data.train.x = None  # self.x replaces it; do not hold the rank's rows twice
         if is_sparse(self.x) and dev.xp is np:  # compiled before the clock starts
-            sparse_kernels.warm_up(dtype, self.x.indices.dtype)
+            from ..kernels.sparse import warm_up
+            warm_up(dtype, self.x.indices.dtype)
         self.y = model.labels(data.train.y, dtype)
         # A GPU may keep the rows in its memory (--data-on-device); agreed, as it may fail.
         self.x, self.y = dev.setup_step("placing the training rows", dev.place_rows, self.x,
@@ -311,8 +311,10 @@ class Engine:
         """Collective: the sorted keys that any rank's rows touch this round."""
         if self.comm.size == 1:
             return keys
+        from ..kernels.sparse import sorted_unique
+
         parts = self.comm.allgather(keys, what="touched features")
-        return sparse_kernels.sorted_unique(np.concatenate(parts))
+        return sorted_unique(np.concatenate(parts))
 
     def _host_params(self) -> np.ndarray:
         return self.dev.to_host(self.algorithm.arrays()["params"])

@@ -29,13 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..devices.arrays import array_module
-from ..kernels import sparse as sparse_kernels
 from .losses import LOSSES, labels_for_loss
 
 
 def is_sparse(x) -> bool:
     """Whether rows are a sparse matrix (SciPy's or CuPy's), never to be made dense."""
     return hasattr(x, "indptr") and hasattr(x, "tocsr")
+
+
+def _sparse_kernels():
+    # Imported on the first sparse rows: importing the models loads neither Numba nor SciPy.
+    from ..kernels import sparse
+    return sparse
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,7 @@ class Model:
         acts = [x]
         for (w, b), layer in zip(self.views(params), self.layers):
             if is_sparse(acts[-1]):  # the first layer on CSR rows: nothing made dense
-                z = sparse_kernels.matmul(acts[-1], w)
+                z = _sparse_kernels().matmul(acts[-1], w)
             else:
                 z = xp.matmul(acts[-1], w)
             k.bias_act_forward(z, b, layer.activation)
@@ -211,6 +216,7 @@ class Model:
 
     def _first_weight_grad(self, x, delta, gw, first_rows):
         """``X.T @ delta`` into ``gw``: every feature's row, or only ``first_rows``'s."""
+        sparse_kernels = _sparse_kernels()
         if first_rows is None:
             got = sparse_kernels.t_matmul(x, delta, self.n_features,
                                           out=gw if sparse_kernels.is_host_csr(x) else None)
