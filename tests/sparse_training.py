@@ -57,7 +57,8 @@ def rows(n=N_ROWS + N_VAL, n_features=N_FEATURES, seed=0):
 
 
 def labels_for(model, binary, classes, targets):
-    if model == "linear" or model == "mlp_regression":
+    """The labels of ``rows`` a model kind trains on."""
+    if model == "linear":
         return targets
     return classes if model in ("softmax", "mlp") else binary
 
