@@ -46,8 +46,9 @@ _FIXES_PER_CHUNK = 64  # values Python's float must settle, recorded in one pass
 # Target bytes per chunk: large enough that a chunk's overhead vanishes, small enough
 # that threads share the work evenly and that finding a row later rescans little.
 _CHUNK_MIN, _CHUNK_MAX = 1 << 18, 1 << 22
-# Bytes of text the threads work through before their pages are released.
-_WINDOW = 1 << 26
+# Bytes of text each thread works through before the window's pages are released: the
+# text a rank holds in memory beside its rows stays about this times its threads.
+_WINDOW = 1 << 23
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -317,12 +318,12 @@ def chunk_bounds(text: np.ndarray, begin: int, end: int, threads: int) -> np.nda
     return _cut(_address(text), begin, end, pieces)
 
 
-def _windows(bounds: np.ndarray):
-    """Runs [c0, c1) of chunks holding about ``_WINDOW`` bytes each."""
-    c0 = 0
+def _windows(bounds: np.ndarray, threads: int):
+    """Runs [c0, c1) of chunks holding about ``_WINDOW`` bytes per thread each."""
+    size, c0 = _WINDOW * threads, 0
     while c0 < len(bounds) - 1:
         c1 = c0 + 1
-        while c1 < len(bounds) - 1 and bounds[c1 + 1] - bounds[c0] <= _WINDOW:
+        while c1 < len(bounds) - 1 and bounds[c1 + 1] - bounds[c0] <= size:
             c1 += 1
         yield c0, c1
         c0 = c1
@@ -333,7 +334,7 @@ def _by_windows(text, bounds, threads, kernel):
     window on ``threads`` threads, releasing each window's pages after it, until the
     kernel says to stop (an error: what follows no longer matters)."""
     with _numba_threads(threads):
-        for c0, c1 in _windows(bounds):
+        for c0, c1 in _windows(bounds, threads):
             stop = kernel(_address(text), bounds[c0:c1 + 1], c0, c1)
             _done_with(text, int(bounds[c0]), int(bounds[c1]))
             if stop:
