@@ -147,6 +147,8 @@ def test_row_ranges_and_blocks(comm, tmp_path, small_chunks):
     for lo, hi in [(0, 0), (0, 1), (299, 300), (17, 211), (300, 300), (0, 300)]:
         got_x, got_y = read_csr(table, lo, hi)
         assert_same_csr(got_x, got_y, want_x[lo:hi], want_y[lo:hi])
+    with pytest.raises(ValueError, match="read as float32 or float64, not int32"):
+        read_csr(table, 0, 1, np.int32)
     blocks = list(table.rows(40, 290).blocks(max_bytes=1000, dtype=np.float32))
     assert len(blocks) > 10
     assert [b[0] for b in blocks] == list(np.cumsum([40] + [len(b[1]) for b in blocks[:-1]]))
@@ -224,7 +226,8 @@ def test_features_given_zero_based_and_huge(comm, tmp_path):
     assert list(x.indices) == [2, 2 ** 40 - 1, 1] and peak < 1 << 20
     table, x, _ = read_all(comm, tmp_path / "z.svm", zero_based=True, n_features=2 ** 31 - 1)
     assert x.indices.dtype == np.int32
-    table, x, _ = read_all(comm, tmp_path / "z.svm", zero_based=True, n_features=2 ** 31)
+    table, x, _ = read_all(comm, tmp_path / "z.svm", np.float32, zero_based=True,
+                           n_features=2 ** 31)
     assert x.indices.dtype == np.int64
 
 

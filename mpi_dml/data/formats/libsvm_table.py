@@ -232,6 +232,9 @@ class LibsvmTable(Table):
 
     def _parse(self, spans, dtype, expected_rows=None):
         """Local: the rows of ``spans`` as (labels, CSR matrix), or the first bad line."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"LIBSVM values are read as float32 or float64, not {dtype}")
         threads = numba.get_num_threads()
         work = []
         for f, a, b, first_line in spans:
@@ -256,9 +259,9 @@ class LibsvmTable(Table):
             if bad.size:
                 c = int(bad[0])
                 line = first_line + int(counts[:c, lp.LINES].sum()) + int(out[c, lp.ERR_LINE])
-                raise self._error(f, line, out[c], text, np.dtype(dtype))
-            if (out[:, lp.ROWS] != counts[:, lp.ROWS]).any() or (out[:, lp.NNZ] != counts[:, lp.NNZ]).any():
-                raise changed_error(self._files[f])
+                raise self._error(f, line, out[c], text, dtype)
+            if not np.array_equal(out[:, [lp.ROWS, lp.NNZ]], counts[:, [lp.ROWS, lp.NNZ]]):
+                raise changed_error(self._files[f])  # rows or pairs not where counted
             row0 += int(counts[:, lp.ROWS].sum())
             k0 += int(counts[:, lp.NNZ].sum())
         x = scipy.sparse.csr_matrix((data, indices, indptr), shape=(rows, self.n_features),
@@ -317,7 +320,7 @@ def read_csr(table: LibsvmTable, lo: int, hi: int, dtype=np.float64):
     CSR matrix of ``dtype``, shape (hi - lo, table.n_features); float64 labels), every
     check agreed: a bad line anywhere stops every rank with the same message."""
     rows = table.rows(lo, hi)
-    return table.comm.agreed(rows.csr, np.dtype(dtype))
+    return table.comm.agreed(rows.csr, dtype)
 
 
 def _pieces(text, a: int, b: int, size: int):
@@ -419,7 +422,8 @@ def describe(where: str, text, result, zero_based: bool, n_features: int, dtype=
                 f"if the file numbers its features from 0")
     if code == lp.NOT_INCREASING:
         previous = extra + base
-        what = f"repeats index {previous}" if int(index) == previous else f"follows index {previous}"
+        what = "repeats" if int(index) == previous else "follows"
+        what = f"{what} index {previous}"
         return (f"{where}: {token!r} {what}; indices must be strictly increasing within a "
                 f"line (sorted, each at most once)")
     if code == lp.BEYOND:
@@ -427,11 +431,13 @@ def describe(where: str, text, result, zero_based: bool, n_features: int, dtype=
                 f"{n_features} ({'0' if zero_based else '1'}-based indices go up to "
                 f"{n_features - 1 + base}); raise it, or give 0 to use the largest index seen")
     if code == lp.HUGE_INDEX:
-        return f"{where}: the index of {token!r} has more than 18 digits"
+        return (f"{where}: the index of {token!r} has more than 18 digits; indices must be "
+                f"below 10**18")
     if code == lp.BAD_VALUE:
         return f"{where}: in {token!r} the value is not a number"
     if code == lp.NONFINITE:
-        return f"{where}: {token!r} holds a value that is not finite; features must be finite numbers"
+        return (f"{where}: {token!r} holds a value that is not finite; features must be "
+                f"finite numbers")
     if code == lp.TOO_LARGE:
         name = np.dtype(dtype).name if dtype is not None else "float32"
         return (f"{where}: {token!r} holds a value too large for --dtype {name}; scale it or "
