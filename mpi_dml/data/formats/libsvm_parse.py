@@ -1,19 +1,20 @@
 """LIBSVM / SVMLight lines scanned and parsed at native speed, on the rank's Numba threads.
 
-    $ .venv/bin/python -m pytest -q tests/test_libsvm_parse.py
+    $ .venv/bin/python -m pytest -q tests/test_libsvm_table.py
 
 A line is ``label idx:value idx:value ...``: tokens separated by spaces or tabs (a
 ``\\r`` before the newline, or anywhere, is a blank too), indices strictly increasing.
 ``#`` starts a comment that runs to the end of the line, whether it opens the line or
 follows a token; blank and comment-only lines are not rows. ``qid:`` tokens are refused.
 
-Three kernels share one grammar (``_lines``):
+Three kernels, two of which share one grammar (``_lines``):
 
 * ``scan``: the open. Counts lines and rows, and parses and checks the indices (1-based
   or 0-based, strictly increasing, below a given feature count) to learn the largest
   one; values are only skipped, since no rank keeps them at this point.
-* ``count``: a read's first pass: lines, rows and ``:`` outside comments (the nonzeros
-  of a good file), so that the output arrays are allocated once, at their final size.
+* ``count`` (``_count``, a plain byte loop): a read's first pass: lines, rows and ``:``
+  outside comments (the nonzeros of a good file), so that the output arrays are
+  allocated once, at their final size.
 * ``parse``: a read's second pass: labels and values parsed exactly as Python's
   ``float`` (the CSV reader's Clinger and Eisel-Lemire parser, ``csv_numbers``), cast to
   the output's dtype, with every check of the scan plus those on values.

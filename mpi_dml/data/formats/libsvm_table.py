@@ -266,7 +266,8 @@ class LibsvmTable(Table):
             k0 += int(counts[:, lp.NNZ].sum())
         x = scipy.sparse.csr_matrix((data, indices, indptr), shape=(rows, self.n_features),
                                     copy=False)
-        x.has_sorted_indices = True  # strictly increasing: checked line by line
+        # Strictly increasing, checked line by line: sorted, no duplicates.
+        x.has_canonical_format = True
         return y, x
 
     def _error(self, f: int, line: int, result, text=None, dtype=None) -> UserError:
