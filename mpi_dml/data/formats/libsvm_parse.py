@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from .csv_numbers import _BAD, _EXACT, _at, _number, _numba_threads, _peek
 from .csv_table import _done_with
@@ -50,6 +52,22 @@ _CHUNK_MIN, _CHUNK_MAX = 1 << 18, 1 << 22
 # Bytes of text each thread works through before the window's pages are released: the
 # text a rank holds in memory beside its rows stays about this times its threads.
 _WINDOW = 1 << 23
+
+
+@intrinsic
+def _put(typingctx, address, index, value):
+    """Store ``value``, in its own type, as element ``index`` of the array at ``address``.
+
+    The parser writes its outputs through their addresses, like it reads its text: one
+    compiled version then serves float32 and float64 values and int32 and int64
+    indices alike, where arrays would make four (a cold compile four times as long).
+    """
+    def codegen(context, builder, sig, args):
+        kind = context.get_value_type(sig.args[2])
+        start = builder.inttoptr(args[0], kind.as_pointer())
+        builder.store(args[2], builder.gep(start, [args[1]]))
+        return context.get_dummy_value()
+    return types.void(address, index, value), codegen
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -92,14 +110,16 @@ def _is_qid(text, p, stop):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _lines(text, p, stop, zero_based, limit, store, row, k, k_end, y, indptr, indices,
-           data, fixes, out):
+def _lines(text, p, stop, zero_based, limit, store, row, row_end, k, k_end, y, indptr,
+           indices, wide, data, single, fixes, out):
     """Scan (``store`` False) or parse the whole lines in text[p:stop].
 
-    Parsing writes labels to ``y[row:]``, each row's end to ``indptr[row + 1:]``, and
-    columns and values to ``indices[k:k_end]`` and ``data[k:k_end]``. Values the fast
-    parser leaves undecided go to ``fixes`` as (slot, start, end): slot k for a value,
-    -1 - row for a label. ``limit``: columns must be below it (-1: no limit).
+    Parsing writes labels to ``y[row:row_end]``, and through the addresses ``indptr``,
+    ``indices`` (int64 where ``wide``, else int32) and ``data`` (float32 where
+    ``single``, else float64): each row's end to ``indptr[row + 1:]``, columns and values
+    to ``indices[k:k_end]`` and ``data[k:k_end]``. Values the fast parser leaves
+    undecided go to ``fixes`` as (slot, start, end): slot k for a value, -1 - row for a
+    label. ``limit``: columns must be below it (-1: no limit).
     """
     lines, rows, nnz, max_col, n_fixes, code = 0, 0, 0, -1, 0, 0
     err_pos, extra = 0, 0
@@ -110,6 +130,9 @@ def _lines(text, p, stop, zero_based, limit, store, row, k, k_end, y, indptr, in
             p = _to_newline(text, p, stop)
         elif p < stop and byte != 10:  # a data line
             start = p
+            if store and row >= row_end:  # more rows than the count found: the file changed
+                code = CHANGED
+                break
             if store:
                 p, value, status = _value(text, p, stop)
                 if status == _BAD or not _ends_token(_peek(text, p, stop)):
@@ -170,7 +193,6 @@ def _lines(text, p, stop, zero_based, limit, store, row, k, k_end, y, indptr, in
                     if status == _BAD or not _ends_token(_peek(text, p, stop)):
                         code = BAD_VALUE
                         break
-                    data[k] = value
                     if status == _EXACT:  # checked once Python's float has settled it
                         if n_fixes < fixes.shape[0]:
                             fixes[n_fixes, 0], fixes[n_fixes, 1] = k, value_start
@@ -179,10 +201,17 @@ def _lines(text, p, stop, zero_based, limit, store, row, k, k_end, y, indptr, in
                     elif not np.isfinite(value):
                         code = NONFINITE
                         break
-                    elif np.isinf(data[k]):  # finite, but not in float32
+                    elif single and np.isinf(np.float32(value)):  # finite, not in float32
                         code = TOO_LARGE
                         break
-                    indices[k] = col
+                    if single:
+                        _put(data, k, np.float32(value))
+                    else:
+                        _put(data, k, value)
+                    if wide:
+                        _put(indices, k, np.int64(col))
+                    else:
+                        _put(indices, k, np.int32(col))
                     k += 1
                 else:
                     if _ends_token(_peek(text, p, stop)):
@@ -200,7 +229,10 @@ def _lines(text, p, stop, zero_based, limit, store, row, k, k_end, y, indptr, in
             rows += 1
             row += 1
             if store:
-                indptr[row] = k
+                if wide:
+                    _put(indptr, row, np.int64(k))
+                else:
+                    _put(indptr, row, np.int32(k))
         lines += 1  # p is at this line's newline, or at the end of the text
         p += 1
     out[LINES], out[ROWS], out[NNZ], out[MAX_COL] = lines, rows, nnz, max_col
@@ -232,11 +264,10 @@ def _count(text, p, stop, out):
 
 @numba.njit(parallel=True, cache=True)
 def _scan_chunks(text, bounds, zero_based, limit, out):
-    no_floats, no_ints = np.empty(0), np.empty(0, dtype=np.int64)
-    no_fixes = np.empty((0, 3), dtype=np.int64)
+    no_labels, no_fixes = np.empty(0), np.empty((0, 3), dtype=np.int64)
     for c in numba.prange(len(bounds) - 1):
-        _lines(text, bounds[c], bounds[c + 1], zero_based, limit, False, 0, 0, 0, no_floats,
-               no_ints, no_ints, no_floats, no_fixes, out[c])
+        _lines(text, bounds[c], bounds[c + 1], zero_based, limit, False, 0, 0, 0, 0,
+               no_labels, 0, 0, False, 0, False, no_fixes, out[c])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -247,10 +278,11 @@ def _count_chunks(text, bounds, out):
 
 @numba.njit(parallel=True, cache=True)
 def _parse_chunks(text, bounds, zero_based, n_features, first_rows, first_ks, y, indptr,
-                  indices, data, fixes, out):
+                  indices, wide, data, single, fixes, out):
     for c in numba.prange(len(bounds) - 1):
         _lines(text, bounds[c], bounds[c + 1], zero_based, n_features, True, first_rows[c],
-               first_ks[c], first_ks[c + 1], y, indptr, indices, data, fixes[c], out[c])
+               first_rows[c + 1], first_ks[c], first_ks[c + 1], y, indptr, indices, wide,
+               data, single, fixes[c], out[c])
 
 
 @numba.njit(cache=True)
@@ -374,16 +406,19 @@ def parse(text, bounds, counts, *, zero_based: bool, n_features: int, y, indptr,
     if it comes before the one the kernel found."""
     first_rows = row0 + np.concatenate([[0], np.cumsum(counts[:, ROWS])]).astype(np.int64)
     first_ks = k0 + np.concatenate([[0], np.cumsum(counts[:, NNZ])]).astype(np.int64)
+    if first_rows[-1] > len(y) or first_ks[-1] > len(data):
+        raise ValueError("the arrays are smaller than the counts")
+    outputs = _outputs(y, indptr, indices, data)
     out = np.zeros((len(bounds) - 1, _RESULT), dtype=np.int64)
     fixes = np.empty((len(bounds) - 1, _FIXES_PER_CHUNK, 3), dtype=np.int64)
 
     def kernel(address, window, c0, c1):
         _parse_chunks(address, window, zero_based, n_features, first_rows[c0:c1 + 1],
-                      first_ks[c0:c1 + 1], y, indptr, indices, data, fixes[c0:c1], out[c0:c1])
+                      first_ks[c0:c1 + 1], *outputs, fixes[c0:c1], out[c0:c1])
         for c in range(c0, c1):
             if out[c, FIXES]:
                 _settle(text, bounds, c, out, fixes[c], zero_based, n_features, first_rows,
-                        first_ks, y, indptr, indices, data)
+                        first_ks, outputs, y, data)
             if out[c, CODE]:
                 return True
         return False
@@ -392,8 +427,21 @@ def parse(text, bounds, counts, *, zero_based: bool, n_features: int, y, indptr,
     return out
 
 
-def _settle(text, bounds, c, out, found, zero_based, n_features, first_rows, first_ks, y,
-            indptr, indices, data):
+def _outputs(y, indptr, indices, data) -> tuple:
+    """The arguments that stand for the output arrays in ``_lines``: labels as an
+    array; the rest as addresses, with the index and value widths."""
+    if not (y.dtype == np.float64 and indptr.dtype == indices.dtype
+            and indices.dtype in (np.int32, np.int64) and data.dtype in (np.float32, np.float64)
+            and all(a.flags.c_contiguous and a.flags.writeable and a.ndim == 1
+                    for a in (y, indptr, indices, data))):
+        raise TypeError("y must be float64, indptr and indices int32 or int64 alike, data "
+                        "float32 or float64, all writable and contiguous")
+    return (y, indptr.ctypes.data, indices.ctypes.data, indices.dtype == np.int64,
+            data.ctypes.data, data.dtype == np.float32)
+
+
+def _settle(text, bounds, c, out, found, zero_based, n_features, first_rows, first_ks,
+            outputs, y, data):
     """Give chunk ``c``'s undecided values Python's ``float``. They all come before the
     kernel's first error, if any, so the first that is not finite (or not a float32,
     where ``data`` is) becomes the chunk's error in its place."""
@@ -401,8 +449,8 @@ def _settle(text, bounds, c, out, found, zero_based, n_features, first_rows, fir
     if n > len(found):  # more than one pass could record: parse the chunk again
         found = np.empty((n, 3), dtype=np.int64)
         _lines(_address(text), bounds[c], bounds[c + 1], zero_based, n_features, True,
-               first_rows[c], first_ks[c], first_ks[c + 1], y, indptr, indices, data, found,
-               out[c])
+               first_rows[c], first_rows[c + 1], first_ks[c], first_ks[c + 1], *outputs,
+               found, out[c])
     for slot, start, end in found[:n]:
         value = float(text[start:end].tobytes())
         target, at = (y, -1 - slot) if slot < 0 else (data, slot)
@@ -426,14 +474,12 @@ def _token_start(text, begin: int, p: int) -> int:
 
 
 def warm_up() -> None:
-    """Compile (or load from Numba's cache) every kernel for both value dtypes and both
-    index dtypes, so that the first real read does not pay for it (seconds, cold)."""
-    text = np.frombuffer(b"1 1:0.5 3:2e-3 # c\n\n-1 2:1.7976931348623157e308\n", dtype=np.uint8)
+    """Compile (or load from Numba's cache) every kernel, so that the first real read
+    does not pay for it (tens of seconds, cold)."""
+    text = np.frombuffer(b"1 1:0.5 3:2e-3 # c\n\n-1 2:1.5e300\n", dtype=np.uint8)
     bounds = chunk_bounds(text, 0, len(text), 1)
     scan(text, bounds, zero_based=False, limit=-1, threads=1)
     counts = count(text, bounds, threads=1)
-    for dtype in (np.float64, np.float32):
-        for index in (np.int32, np.int64):
-            parse(text, bounds, counts, zero_based=False, n_features=3, y=np.empty(2),
-                  indptr=np.zeros(3, dtype=index), indices=np.empty(3, dtype=index),
-                  data=np.empty(3, dtype=dtype), row0=0, k0=0, threads=1)
+    parse(text, bounds, counts, zero_based=False, n_features=3, y=np.empty(2),
+          indptr=np.zeros(3, dtype=np.int32), indices=np.empty(3, dtype=np.int32),
+          data=np.empty(3), row0=0, k0=0, threads=1)
