@@ -2,14 +2,19 @@
 
     $ python benchmarks/bench_data.py                        # 500k x 50, 1 and 2 ranks
     $ python benchmarks/bench_data.py --rows 100000 --ranks 1,2,4 --repeats 5 --json out.json
+    $ python benchmarks/bench_data.py --formats libsvm       # LIBSVM alone: 250k rows
 
 The driver (plain ``python``, no MPI of its own) does, in order:
 
 1. Write one table of ``--rows`` x ``--cols`` float32 features and an integer label, the
    same values in three files: CSV (``%.6f``, as exporters write), Parquet (float32
-   columns, row groups of 64k rows) and HDF5 (a 2-D ``X`` and a 1-D ``label``).
+   columns, row groups of 64k rows) and HDF5 (a 2-D ``X`` and a 1-D ``label``). And a
+   LIBSVM file of ``--svm-rows`` rows over ``--svm-features`` features, about
+   ``--svm-nnz`` nonzeros a row (values of four significant digits, a 0/1 label).
 2. Validate: each mpi_dml reader, on every rank count, must give each rank exactly its
-   rows of the table as pandas, pyarrow and h5py read it, or nothing is timed.
+   rows of the table as pandas, pyarrow and h5py read it (LIBSVM: the same CSR arrays,
+   bit for bit, and labels as scikit-learn's ``load_svmlight_file``), or nothing is
+   timed.
 3. Time, interleaved ``--repeats`` times so machine noise hits every kind alike:
      * ``mpiexec -n P ... --worker mpi_dml``: what ``train`` does before its first step,
        ``load_training`` (open, read this rank's rows into float32, check them, split
@@ -17,17 +22,22 @@ The driver (plain ``python``, no MPI of its own) does, in order:
      * ``--worker pandas``: ``pandas.read_csv`` (C parser) of the whole CSV file, to a
        DataFrame (the array a model needs would cost one more copy);
      * ``--worker pyarrow``: ``pyarrow.parquet.read_table`` of the whole Parquet file;
-     * ``--worker h5py``: ``X[:]`` and ``label[:]`` of the whole HDF5 file.
+     * ``--worker h5py``: ``X[:]`` and ``label[:]`` of the whole HDF5 file;
+     * ``mpiexec -n P ... --worker libsvm``: ``open_table`` and ``read_csr`` of this
+       rank's rows into float32 CSR, as the training path reads LIBSVM; the slowest
+       rank's time; against ``--worker sklearn``: ``load_svmlight_file`` (float32) of
+       the whole file.
    Every process has one thread (pyarrow's pool too): these are per-rank figures.
 4. Report, per format and rank count, per-rank throughput (the bytes of the rank's
    share of the file over its time) over the reference tool's throughput on the whole
    file in one process, and each rank's peak memory above its baseline (RSS after
    imports and compilation) over its rows' bytes in float32 (features) and float64
-   (labels). Then ``predict`` on the CSV, end to end, at each rank count.
+   (labels); for LIBSVM, over its CSR arrays and labels. Then ``predict`` on the CSV,
+   end to end, at each rank count.
 
 Targets (PASS/MISS; the exit status is 0 either way, 1 only if validation or a run
-fails): CSV >= 1.0x pandas, Parquet >= 0.8x pyarrow per rank, peak memory <= 1.5x.
-HDF5 against h5py is reported without a target.
+fails): CSV >= 1.0x pandas, Parquet >= 0.8x pyarrow, LIBSVM >= 3.0x scikit-learn per
+rank, peak memory <= 1.5x. HDF5 against h5py is reported without a target.
 """
 from __future__ import annotations
 
@@ -44,11 +54,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from bench_data_libsvm import (validate_libsvm, worker_libsvm, worker_sklearn,  # noqa: E402
+                               write_libsvm)
 
-TARGETS = {"csv": 1.0, "parquet": 0.8}
+TARGETS = {"csv": 1.0, "parquet": 0.8, "libsvm": 3.0}
 TARGET_MEMORY = 1.5
-REFERENCE = {"csv": "pandas", "parquet": "pyarrow", "hdf5": "h5py"}
+REFERENCE = {"csv": "pandas", "parquet": "pyarrow", "hdf5": "h5py", "libsvm": "sklearn"}
 SUFFIX = {"csv": ".csv", "parquet": ".parquet", "hdf5": ".h5"}
+FORMATS = (*SUFFIX, "libsvm")
 
 
 # --- data -----------------------------------------------------------------------------
@@ -151,14 +164,16 @@ def worker_predict(args):
 
 
 # --- the driver -----------------------------------------------------------------------
-def validate(paths: dict, ranks: list[int], tmp: Path, args) -> list[str]:
-    """Every format at every rank count gives each rank its rows of the reference."""
+def validate(paths: dict, ranks: list[int], tmp: Path, args, formats=None) -> list[str]:
+    """Every format (of ``formats``; default all in ``paths``) at every rank count gives
+    each rank its rows of the reference, pandas' reading of the CSV."""
     import pandas as pd
 
     want = pd.read_csv(paths["csv"]).to_numpy()
     want = np.column_stack([want[:, :-1].astype(np.float32), want[:, -1]])
     failures = []
-    for fmt, path in paths.items():
+    for fmt in formats or list(paths):
+        path = paths[fmt]
         for p in ranks:
             check = tmp / f"check-{fmt}-{p}"
             common.run_ranks(p, [Path(__file__).resolve(), "--worker", "mpi_dml", "--data", path,
@@ -172,7 +187,8 @@ def validate(paths: dict, ranks: list[int], tmp: Path, args) -> list[str]:
 
 
 def launch(kind: str, fmt: str, p: int, paths: dict, args) -> dict:
-    cmd = [Path(__file__).resolve(), "--worker", kind, "--data", paths[fmt]]
+    worker = "libsvm" if kind == "mpi_dml" and fmt == "libsvm" else kind
+    cmd = [Path(__file__).resolve(), "--worker", worker, "--data", paths[fmt]]
     if kind == "mpi_dml":
         cmd += ["--warm", paths["warm-" + fmt]]
         result = common.run_ranks(p, cmd, timeout=args.timeout)
@@ -183,26 +199,42 @@ def launch(kind: str, fmt: str, p: int, paths: dict, args) -> dict:
 
 def drive(args) -> int:
     ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        sys.exit(f"--formats takes some of {', '.join(FORMATS)}; got {args.formats!r}")
+    dense = [f for f in formats if f in SUFFIX]
     info = common.machine()
-    print(f"bench_data: {args.rows} x {args.cols} float32 features + label; CSV, Parquet, "
-          f"HDF5; ranks {ranks}; {args.repeats} interleaved repeats, median reported; "
-          f"1 thread per process")
+    tables = ([f"{args.rows} x {args.cols} float32 features + label"] if dense else []) + (
+        [f"{args.svm_rows} LIBSVM rows over {args.svm_features} features, ~{args.svm_nnz} "
+         f"nonzeros a row"] if "libsvm" in formats else [])
+    print(f"bench_data: {'; '.join(tables)}; formats {', '.join(formats)}; ranks {ranks}; "
+          f"{args.repeats} interleaved repeats, median reported; 1 thread per process")
     print(f"  machine: {info}")
     results = {"machine": info, "args": vars(args), "formats": {}}
     with tempfile.TemporaryDirectory(prefix="bench_data-", dir=args.tmp) as tmpdir:
         tmp = Path(tmpdir)
-        paths = write_data(tmp, args.rows, args.cols)
+        paths = write_data(tmp, args.rows, args.cols) if dense else {}
         (tmp / "warm").mkdir()
-        for fmt, path in write_data(tmp / "warm", 2000, args.cols, seed=1).items():
-            paths["warm-" + fmt] = path
-        sizes = {fmt: os.path.getsize(paths[fmt]) for fmt in SUFFIX}
-        print("  files: " + ", ".join(f"{fmt} {sizes[fmt] / 1e6:.0f} MB" for fmt in SUFFIX))
-        failures = validate({f: paths[f] for f in SUFFIX}, ranks, tmp, args)
+        if dense:
+            for fmt, path in write_data(tmp / "warm", 2000, args.cols, seed=1).items():
+                paths["warm-" + fmt] = path
+        if "libsvm" in formats:
+            paths["libsvm"] = write_libsvm(tmp / "table.svm", args.svm_rows, args.svm_features,
+                                           args.svm_nnz)
+            paths["warm-libsvm"] = write_libsvm(tmp / "warm" / "table.svm", 2000,
+                                                args.svm_features, args.svm_nnz, seed=1)
+        sizes = {fmt: os.path.getsize(paths[fmt]) for fmt in formats}
+        print("  files: " + ", ".join(f"{fmt} {sizes[fmt] / 1e6:.0f} MB" for fmt in formats))
+        failures = (validate({f: paths[f] for f in SUFFIX}, ranks, tmp, args, dense)
+                    if dense else [])
+        if "libsvm" in formats:
+            failures += validate_libsvm(paths["libsvm"], ranks, tmp, args)
         if failures:
             print("VALIDATION FAILED, nothing timed:\n  " + "\n  ".join(failures))
             return 1
         print("validation: PASS\n")
-        for fmt in SUFFIX:
+        for fmt in formats:
             ref = REFERENCE[fmt]
             kinds = [ref] + [f"mpi_dml x{p}" for p in ranks]
             runs = common.interleaved(
@@ -211,8 +243,10 @@ def drive(args) -> int:
                                     int(kind.split("x")[-1]) if kind.startswith("mpi_dml") else 1,
                                     paths, args),
                 fmt, lambda kind, r: f"{r['seconds']:.2f} s")
-            results["formats"][fmt] = summarize(runs, ref, ranks, sizes[fmt], args.rows)
-        results["predict"] = time_predict(paths, ranks, tmp, args)
+            results["formats"][fmt] = summarize(runs, ref, ranks, sizes[fmt],
+                                                args.svm_rows if fmt == "libsvm" else args.rows)
+        if "csv" in formats:
+            results["predict"] = time_predict(paths, ranks, tmp, args)
     results["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     print(report(results, ranks))
     common.write_json(args.json, results)
@@ -263,8 +297,9 @@ def report(results, ranks) -> str:
                          f"{mine['memory']:.2f}x", memory])
     text = common.table(["format", "ranks", "ref s", "mpi_dml s", "per-rank speed", "target",
                          "", "peak mem", "<= 1.5x"], rows)
-    text += "\n\npredict (CSV, end to end): " + ", ".join(
-        f"{p} rank{'s' if p > 1 else ''} {s:.2f} s" for p, s in results["predict"].items())
+    if "predict" in results:
+        text += "\n\npredict (CSV, end to end): " + ", ".join(
+            f"{p} rank{'s' if p > 1 else ''} {s:.2f} s" for p, s in results["predict"].items())
     return "\n" + text
 
 
@@ -272,18 +307,27 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--cols", type=int, default=50)
+    ap.add_argument("--svm-rows", type=int, default=250_000)
+    ap.add_argument("--svm-features", type=int, default=1 << 20)
+    ap.add_argument("--svm-nnz", type=int, default=40, help="nonzeros a LIBSVM row, on average")
+    ap.add_argument("--formats", default=",".join(FORMATS),
+                    help=f"some of {', '.join(FORMATS)} (predict runs with csv)")
     ap.add_argument("--ranks", default="1,2")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--tmp", default=None, help="folder for the generated files")
     ap.add_argument("--json", default=None, help="write every figure to this file")
-    ap.add_argument("--worker", choices=["mpi_dml", "pandas", "pyarrow", "h5py", "predict"],
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["mpi_dml", "libsvm", "pandas", "pyarrow", "h5py",
+                                         "sklearn", "predict"], help=argparse.SUPPRESS)
     for hidden in ("--data", "--warm", "--check", "--model", "--output"):
         ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker == "mpi_dml":
         worker_mpi_dml(args)
+    elif args.worker == "libsvm":
+        worker_libsvm(args)
+    elif args.worker == "sklearn":
+        worker_sklearn(args)
     elif args.worker == "predict":
         worker_predict(args)
     elif args.worker:

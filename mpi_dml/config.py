@@ -25,7 +25,7 @@ from .algorithms.optimizers import OPTIMIZERS
 from .algorithms.schedules import SCHEDULES
 from .devices import DEVICES, ROW_PLACEMENTS
 from .devices.gpu_exchange import EXCHANGES as GPU_EXCHANGES
-from .data.formats.files import FORMAT_CHOICES
+from .data.formats.files import FORMAT_CHOICES, names_libsvm
 from .errors import UserError
 from .models import HIDDEN_ACTIVATIONS, MODELS, TASKS, default_task
 
@@ -55,29 +55,53 @@ _CLASS_COUNT = (lambda c: c.model not in ("logistic", "svm") and c.is_classifier
                 lambda c: "the number of classes is fixed by the model")
 
 
+def is_libsvm(c) -> bool:
+    """Whether the data (or held-out data) is LIBSVM: by --format, else by the names."""
+    return any(names_libsvm(path, c.format) for path in (c.data, c.val_data) if path)
+
+
+# LIBSVM lines carry their own label and number their features; CSV-like tables name
+# columns instead.
+_LIBSVM_ONLY = (is_libsvm, lambda c: "they apply to LIBSVM data (--format libsvm, or files "
+                                     "ending in .svm, .libsvm or .svmlight)")
+_NAMED_COLUMNS = (lambda c: not is_libsvm(c),
+                  lambda c: "LIBSVM lines start with their label and number their features")
+
+
 @dataclass
 class DatasetSettings:
     """Where the rows come from and which columns are what."""
 
-    data: str = setting("", "training data: a CSV (header row), .npy, .npz, .parquet or "
-                                ".h5/.hdf5 file, a folder of them, or a glob")
+    data: str = setting("", "training data: a CSV (header row), .npy, .npz, .parquet, "
+                                ".h5/.hdf5 or LIBSVM (.svm/.libsvm/.svmlight) file, a folder "
+                                "of them, or a glob")
     val_data: str = setting("", "held-out data in the same format")
     format: str = setting("auto", "format of --data and --val-data: auto (from the suffix: "
-                                  ".npy, .npz, .parquet, .h5/.hdf5, else CSV), csv, npy, "
-                                  "npz, parquet or hdf5")
+                                  ".npy, .npz, .parquet, .h5/.hdf5, .svm/.libsvm/.svmlight, "
+                                  "else CSV), csv, npy, npz, parquet, hdf5 or libsvm")
     val_fraction: float = setting(0.0, "hold out this fraction of --data (whole shards)")
-    label_column: str = setting("", "name of the label column")
+    label_column: str = setting("", "name of the label column", applies=_NAMED_COLUMNS)
     features: tuple = setting((), "feature columns by name, e.g. age,income (default: every "
-                                  "column but the label; for .npz, the columns of X)")
+                                  "column but the label; for .npz, the columns of X)",
+                              applies=_NAMED_COLUMNS)
+    zero_based: bool = setting(False, "LIBSVM: feature indices start at 0 (default: at 1)",
+                               applies=_LIBSVM_ONLY)
+    num_features: int = setting(0, "LIBSVM: number of features; an index beyond it is an "
+                                   "error (0: the largest index seen, agreed across ranks "
+                                   "and files)", applies=_LIBSVM_ONLY)
     shards: int = setting(1024, "virtual shards (fix batches independently of rank count)")
     standardize: bool = setting(False, "scale features to zero mean and unit variance")
 
     def validate(self, cfg, world_size, files):
         if files:
-            for name in ("data", "label_column"):
+            # A LIBSVM line's first token is its label: there is no column to name.
+            required = ("data",) if is_libsvm(cfg) else ("data", "label_column")
+            for name in required:
                 _check(getattr(self, name) != "", name, "be given",
                        getattr(self, name) or "nothing")
         _choice(self, "format", FORMAT_CHOICES)
+        _check(0 <= self.num_features <= 10**18, "num_features",
+               "be in [0, 10**18] (0: the largest index seen)", self.num_features)
         _check(0 <= self.val_fraction < 1, "val_fraction", "be in [0, 1)", self.val_fraction)
         _check(not (self.val_fraction and self.val_data), "val_fraction",
                "not be combined with val_data", self.val_fraction)

@@ -262,7 +262,7 @@ def test_a_file_name_with_glob_characters_is_a_file(comm, tmp_path):
 def test_unknown_format_is_refused(comm, tmp_path):
     path = write_csv(tmp_path / "a.csv", values(4, 0))
     with pytest.raises(AgreedError, match="The data format must be one of auto, csv, npy, "
-                                          "npz, parquet, hdf5. Got 'xml' instead"):
+                                          "npz, parquet, hdf5, libsvm. Got 'xml' instead"):
         formats.open_table(path, comm, "xml")
     assert formats.open_table(path, comm, "auto").n_rows == 4
 
@@ -278,11 +278,11 @@ def test_format_of_a_single_path_comes_from_its_suffix(tmp_path, name, fmt):
 
 # --- --format in the config and on the command line ----------------------------------
 def test_format_setting_is_validated():
-    assert FORMAT_CHOICES == ("auto", "csv", "npy", "npz", "parquet", "hdf5")
+    assert FORMAT_CHOICES == ("auto", "csv", "npy", "npz", "parquet", "hdf5", "libsvm")
     assert TrainConfig().format == "auto"
     TrainConfig(format="parquet").validate(files=False)
     with pytest.raises(UserError, match="The 'format' parameter of TrainConfig must be one "
-                                        "of auto, csv, npy, npz, parquet, hdf5. Got 'xls'"):
+                                        "of auto, csv, npy, npz, parquet, hdf5, libsvm. Got 'xls'"):
         TrainConfig(format="xls").validate(files=False)
 
 

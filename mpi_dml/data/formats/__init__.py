@@ -1,5 +1,5 @@
-"""Partitioned readers for tables stored as CSV, ``.npy``, ``.npz``, Parquet or HDF5
-files, one file or many read as one table (a folder, or a glob such as
+"""Partitioned readers for tables stored as CSV, ``.npy``, ``.npz``, Parquet, HDF5 or
+LIBSVM files, one file or many read as one table (a folder, or a glob such as
 ``data/part-*.parquet``; see ``files``).
 
 Every rank reads only its own part of a file; no rank ever holds the whole dataset.
@@ -10,6 +10,12 @@ Opening and reading are both collectives:
 
 ``read`` returns a float64, C-contiguous array of shape ``(hi - lo, len(columns))``.
 Ranks may ask for any rows, an empty range included; every rank must call it.
+
+LIBSVM tables (``table.sparse`` is True; dense tables have it False) hold sparse rows
+and a label per line instead of columns; they are read with ``read_csr``:
+
+    >>> table = open_table("clicks.svm", comm, zero_based=False, n_features=None)
+    >>> x, y = read_csr(table, lo, hi, np.float32)   # SciPy CSR matrix, float64 labels
 
 How each format is split:
 
@@ -26,6 +32,9 @@ How each format is split:
   only the columns asked for.
 * HDF5 (through h5py, no MPI build needed): each rank reads its own hyperslab of ``X``
   and of the 1-D datasets, a block at a time.
+* LIBSVM: as CSV, byte ranges aligned to line ends, over the files' bytes end to end;
+  each rank scans its range at open (rows, and the largest index, agreed by all) and
+  parses only its own rows' bytes (``libsvm_table``).
 * Many files: the rows of each file in turn; a rank reads only the files its rows are in.
 
 Anything that can fail on some ranks only (a bad cell, an unreadable file) runs under
@@ -41,27 +50,37 @@ from .csv_table import CsvTable
 from .files import FORMAT_CHOICES, FORMATS, ConcatTable, open_files
 from .numpy_tables import NpyTable, NpzTable
 
-__all__ = ["open_table", "Table", "CsvTable", "NpyTable", "NpzTable", "ParquetTable",
-           "Hdf5Table", "ConcatTable", "FORMATS", "FORMAT_CHOICES"]
+__all__ = ["open_table", "read_csr", "Table", "CsvTable", "NpyTable", "NpzTable",
+           "ParquetTable", "Hdf5Table", "LibsvmTable", "ConcatTable", "FORMATS",
+           "FORMAT_CHOICES"]
 
 
-def open_table(path, comm, fmt: str | None = None) -> Table:
+def open_table(path, comm, fmt: str | None = None, zero_based: bool = False,
+               n_features: int | None = None) -> Table:
     """Collective: open a table, learning its columns and global row count.
 
     ``path`` is a file, a folder or a glob. ``fmt`` is one of ``FORMATS`` (csv, npy,
-    npz, parquet, hdf5), or None or "auto" to go by the suffix: ``.npy``, ``.npz``,
-    ``.parquet``, ``.h5`` and ``.hdf5`` name their formats, and any other file is read
-    as CSV. A folder or glob takes the format of its files.
+    npz, parquet, hdf5, libsvm), or None or "auto" to go by the suffix: ``.npy``,
+    ``.npz``, ``.parquet``, ``.h5`` and ``.hdf5``, ``.svm``, ``.libsvm`` and
+    ``.svmlight`` name their formats, and any other file is read as CSV. A folder or
+    glob takes the format of its files.
+
+    LIBSVM only: ``zero_based`` says the indices start at 0 (else at 1), and
+    ``n_features`` fixes the feature count (None or 0: the largest index seen + 1,
+    agreed across ranks and files). Other formats ignore both.
     """
-    return open_files(os.fspath(path), comm, fmt)
+    return open_files(os.fspath(path), comm, fmt, zero_based, n_features)
 
 
 def __getattr__(name):
-    # pyarrow and h5py load when a file of theirs is opened, not with this package.
+    # pyarrow, h5py and SciPy load when a file of theirs is opened, not with this package.
     if name == "ParquetTable":
         from .parquet_table import ParquetTable
         return ParquetTable
     if name == "Hdf5Table":
         from .hdf5_table import Hdf5Table
         return Hdf5Table
+    if name in ("LibsvmTable", "read_csr"):  # SciPy loads with the first LIBSVM file
+        from . import libsvm_table
+        return getattr(libsvm_table, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

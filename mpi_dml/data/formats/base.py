@@ -21,6 +21,7 @@ class Table:
     """
 
     positional = False
+    sparse = False  # LIBSVM tables hold sparse rows, read with ``read_csr``
     empty_reason = "has no data rows"
 
     def __init__(self, path: str, comm, columns: list[str], n_rows: int,

@@ -4,14 +4,16 @@
     open_table("data/part-*.csv", comm)             # a glob: the files it matches
     open_table("data/shards", comm)                 # a folder: its data files
     open_table("dump.bin", comm, fmt="npy")         # the format named, whatever the suffix
+    open_table("clicks/*.svm", comm, n_features=2**24)  # LIBSVM, with its own options
 
 A glob or a folder is one table whose rows are those of its files in sorted name order.
 Rank 0 lists the files and every rank gets that list, so all ranks read the same table
 even where their views of a shared file system lag. In a folder, names starting with
 ``.`` or ``_`` (``_SUCCESS`` and ``_metadata``, which Spark and Hive write beside their
-data) and subfolders are skipped. Parquet reads its own file list (``ParquetTable``,
-which splits the reading of footers across ranks); every other format becomes a
-``ConcatTable`` over one table per file.
+data) and subfolders are skipped. Parquet and LIBSVM read their own file lists
+(``ParquetTable`` splits the reading of footers across ranks, ``LibsvmTable`` the
+files' bytes end to end); every other format becomes a ``ConcatTable`` over one
+table per file.
 """
 from __future__ import annotations
 
@@ -30,12 +32,13 @@ SUFFIXES = {
     "npz": (".npz",),
     "parquet": (".parquet",),
     "hdf5": (".h5", ".hdf5"),
+    "libsvm": (".svm", ".libsvm", ".svmlight"),
 }
 FORMATS = tuple(SUFFIXES)
 # What ``--format`` accepts: a format, or "auto" (from the suffix of the file or files).
 FORMAT_CHOICES = ("auto",) + FORMATS
 # Libraries a format needs beyond NumPy: a missing one is named with how to install it.
-_LIBRARIES = {"parquet": "pyarrow", "hdf5": "h5py"}
+_LIBRARIES = {"parquet": "pyarrow", "hdf5": "h5py", "libsvm": "scipy"}
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
@@ -57,8 +60,12 @@ def check_format(fmt) -> str | None:
 
 
 def table_class(fmt: str):
-    """The ``Table`` subclass that reads ``fmt``; pyarrow and h5py load only when used."""
+    """The ``Table`` subclass that reads ``fmt``; pyarrow, h5py and SciPy load only when
+    used."""
     try:
+        if fmt == "libsvm":
+            from .libsvm_table import LibsvmTable
+            return LibsvmTable
         if fmt == "parquet":
             from .parquet_table import ParquetTable
             return ParquetTable
@@ -243,15 +250,34 @@ class ConcatTable(Table):
                 f"{len(self.columns)} columns, {self.n_rows} rows)")
 
 
-def open_files(path: str, comm, fmt: str | None) -> Table:
-    """Collective: the table of a file, folder or glob (see ``formats.open_table``)."""
+def open_files(path: str, comm, fmt: str | None, zero_based: bool = False,
+               n_features: int | None = None) -> Table:
+    """Collective: the table of a file, folder or glob (see ``formats.open_table``).
+    ``zero_based`` and ``n_features`` are LIBSVM's; other formats have no use for them."""
     fmt = comm.agreed(check_format, fmt)
     files, fmt = comm.bcast_obj(comm.agreed_on_root(expand, path, fmt), what="file list")
     cls = comm.agreed(table_class, fmt)
+    options = {"zero_based": zero_based, "n_features": n_features} if fmt == "libsvm" else {}
     if files is None:
-        return cls.open(path, comm)
+        return cls.open(path, comm, **options)
     if len(files) == 1:
-        return cls.open(files[0], comm)
+        return cls.open(files[0], comm, **options)
     if hasattr(cls, "open_files"):  # a format that reads a list of files itself
-        return cls.open_files(path, comm, files)
+        return cls.open_files(path, comm, files, **options)
     return ConcatTable.open(path, comm, files, cls)
+
+
+def names_libsvm(path: str, fmt: str | None) -> bool:
+    """Whether a data path (as given, before any file is opened) is LIBSVM: by ``fmt``,
+    else by its suffix (a glob's too), else, for a folder, by the files in it."""
+    fmt = None if fmt in (None, "", "auto") else fmt
+    if fmt is not None or not path:
+        return fmt == "libsvm"
+    if format_of(path) == "libsvm":
+        return True
+    if os.path.isdir(path):
+        try:
+            return any(format_of(name) == "libsvm" for name in os.listdir(path))
+        except OSError:
+            return False
+    return False
