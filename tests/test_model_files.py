@@ -113,7 +113,7 @@ JSON_CASES = {
                                                    "Got 'float16' instead."),
     "dtype missing": (drop_key("dtype"), "'dtype' must be one of float32, float64"),
     "feature_names short": (set_key("feature_names", ["a", "b"]),
-                            "'feature_names' must be a list of 3 non-empty strings"),
+                            "'feature_names' must be null or a list of 3 non-empty strings"),
     "feature_names not a list": (set_key("feature_names", "abc"), "'feature_names' must be"),
     "feature name empty": (set_key("feature_names", ["a", "", "c"]), "'feature_names' must be"),
     "feature name number": (set_key("feature_names", ["a", 2, "c"]), "'feature_names' must be"),

@@ -59,6 +59,11 @@ class DataParallelEstimator(BaseEstimator):
             state["comm"] = None  # a derived communicator means nothing in another process
         return state
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # SciPy sparse X: trained on as CSR, never densified
+        return tags
+
     # --- fit ----------------------------------------------------------------------------
     def _fit(self, X, y):
         from ..data.arrays import LABEL
@@ -77,7 +82,8 @@ class DataParallelEstimator(BaseEstimator):
             train_config(self, mine["values"], model=self._model_kind(2), task=self._task,
                          n_classes=2, dtype="float64", n_rows=comm.size,
                          world_size=comm.size, seed=0, label_column=LABEL)
-            mine["X"], mine["y"] = validate_data(self, X, y, dtype=FLOATS,
+            # SciPy sparse X stays sparse (CSR) all the way to the kernels.
+            mine["X"], mine["y"] = validate_data(self, X, y, dtype=FLOATS, accept_sparse="csr",
                                                  ensure_min_samples=0, **self._y_rules())
             names = getattr(self, "feature_names_in_", None)
             return {"rows": mine["X"].shape[0], "features": mine["X"].shape[1],
@@ -170,7 +176,8 @@ class DataParallelEstimator(BaseEstimator):
 
         check_is_fitted(self)
         # A rank may hold no rows to predict: none is an answer, not an error.
-        X = validate_data(self, X, dtype=FLOATS, reset=False, ensure_min_samples=0)
+        X = validate_data(self, X, dtype=FLOATS, accept_sparse="csr", reset=False,
+                          ensure_min_samples=0)
         model, params = self._model, self._params
         out = np.empty((X.shape[0], model.n_outputs), dtype=params.dtype)
         for lo in range(0, X.shape[0], EVAL_CHUNK):
@@ -204,7 +211,7 @@ class DataParallelEstimator(BaseEstimator):
         if not (isinstance(label, str) and label):
             raise ValueError(f"The 'label_column' argument of {owner}.save must be a "
                              f"non-empty str. Got {label!r} instead.")
-        if label in self._meta["feature_names"]:
+        if label in (self._meta["feature_names"] or ()):
             raise ValueError(f"The 'label_column' argument of {owner}.save must not name a "
                              f"feature. Got {label!r} instead.")
         meta = dict(self._meta)

@@ -115,7 +115,7 @@ def fit_arrays(cfg, x, y, *, comm=None, names=None, model=None, algorithm=None):
 
     ``cfg.label_column`` is set to the label's name inside the table of arrays.
     """
-    from ..data.arrays import ArrayTable, label_name
+    from ..data.arrays import ArrayTable, SparseArrayTable, label_name
     from ..data.training import load_training
     from ..engine import Engine
 
@@ -126,7 +126,10 @@ def fit_arrays(cfg, x, y, *, comm=None, names=None, model=None, algorithm=None):
         cfg.threads = _PROCESS["threads"]  # the fit re-applies setup_process's count
     # Before any rows move: a bad setting is one message on every rank.
     comm.agreed(cfg.validate, world_size=comm.size, files=False)
-    table = ArrayTable(x, y, comm, names=names, label=cfg.label_column)
+    if hasattr(x, "tocsr"):  # SciPy sparse rows stay sparse
+        table = SparseArrayTable(x, y, comm)
+    else:
+        table = ArrayTable(x, y, comm, names=names, label=cfg.label_column)
     data = load_training(cfg, comm, table)
     engine = Engine(cfg, comm=comm, data=data, model=model, algorithm=algorithm,
                     process=process_owned())

@@ -47,7 +47,10 @@ def _add_format_argument(parser: argparse.ArgumentParser):
     from ..data.formats.files import FORMAT_CHOICES
     parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
                         help="format of --data: auto (from the suffix: .npy, .npz, .parquet, "
-                             ".h5/.hdf5, else CSV), csv, npy, npz, parquet or hdf5")
+                             ".h5/.hdf5, .svm/.libsvm/.svmlight, else CSV), csv, npy, npz, "
+                             "parquet, hdf5 or libsvm")
+    parser.add_argument("--zero-based", action="store_true", default=None,
+                        help="LIBSVM feature indices start at 0 (default: as in training)")
 
 
 class _RootParser(argparse.ArgumentParser):

@@ -19,7 +19,7 @@ import numpy as np
 from ..data import sharding
 from ..data.columns import model_columns, unused_note
 from ..data.formats import open_table
-from ..data.labels import Split, check_block, check_class_range
+from ..data.labels import Split, check_block, check_class_range, check_labels
 from ..data.standardize import scaled
 from ..engine.metrics import EVAL_CHUNK, finite_or_null, local_sums, reduced_metrics
 from ..errors import UserError
@@ -28,7 +28,8 @@ from ..io.predictions import format_predictions, prediction_header, write_in_ran
 from ..models import predictions
 
 
-def _rows_for_model(loaded, path, comm, label_column, need_labels, fmt=None):
+def _rows_for_model(loaded, path, comm, label_column, need_labels, fmt=None,
+                    zero_based=None):
     """This rank's contiguous slice of ``path``, ready to read, and the file.
 
     The model's features are taken from the file by name, in the model's order, so a
@@ -36,18 +37,57 @@ def _rows_for_model(loaded, path, comm, label_column, need_labels, fmt=None):
     in a note. With ``need_labels`` the label column must be there; without, it is
     never read (predict accepts files with or without it).
     """
-    table = open_table(path, comm, fmt)
+    model = loaded.model
+    table = open_table(path, comm, fmt, zero_based=_zero_based(loaded, zero_based),
+                       n_features=model.n_features, features_from="the model")
+    lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
+    if getattr(table, "sparse", False):
+        # Numbered features: the model's first n_features; the reader refused any
+        # line with an index beyond them, naming it.
+        return table.rows(lo, hi), table
+    if loaded.feature_names is None:
+        comm.agreed(_sparse_model_needs_sparse_rows, path)
     features, label_at, unused = comm.agreed(model_columns, table, loaded.feature_names,
                                              label_column, need_labels)
     note = unused_note(path, unused, "the model does not use them")
     if note and comm.is_root:
         print(f"mpi_dml: note: {note}", file=sys.stderr)
-    lo, hi = sharding.chunk(table.n_rows, comm.rank, comm.size)
     return table.rows(lo, hi, features + ([label_at] if need_labels else [])), table
+
+
+def _zero_based(loaded, flag) -> bool:
+    """LIBSVM indices start at 0 when the flag says so, else as in training."""
+    if flag is not None:
+        return bool(flag)
+    return bool((loaded.info.get("config") or {}).get("zero_based", False))
+
+
+def _sparse_model_needs_sparse_rows(path):
+    raise UserError(f"{path} has named columns, and the model was trained on sparse "
+                    f"(LIBSVM) rows, whose features are numbered; give it LIBSVM data")
+
+
+def _sparse_chunks(rows, table, loaded, need_labels):
+    """``(CSR features, labels or None)`` of at most EVAL_CHUNK rows each; local."""
+    model = loaded.model
+    classify = need_labels and model.is_classifier
+    n_classes = model.n_outputs if model.loss == "softmax" else 2
+    for first, y, x in rows.blocks():
+        if need_labels:
+            check_labels(y, table, first, classify)
+        for a in range(0, x.shape[0], EVAL_CHUNK):
+            part, labels = x[a:a + EVAL_CHUNK], np.array(y[a:a + EVAL_CHUNK], np.float64)
+            if classify:
+                check_class_range(Split(part, labels), n_classes, table, first + a,
+                                  model.kind)
+            yield part, labels if need_labels else None
 
 
 def _checked_chunks(rows, table, loaded, need_labels):
     """``(features, labels or None)`` of at most EVAL_CHUNK rows each, checked; local."""
+    if getattr(table, "sparse", False):
+        yield from _sparse_chunks(rows, table, loaded, need_labels)
+        return
     model, names = loaded.model, loaded.feature_names
     width = len(names)
     classify = need_labels and model.is_classifier
@@ -68,7 +108,7 @@ def evaluate_command(args, comm, kernels) -> dict:
     loaded = comm.agreed(load_model, args.model)
     label = args.label_column or loaded.info.get("label_column")
     rows, table = _rows_for_model(loaded, args.data, comm, label, need_labels=True,
-                                  fmt=args.format)
+                                  fmt=args.format, zero_based=args.zero_based)
     loss, correct, y = comm.agreed(_evaluate_rows, loaded, rows, table, kernels)
     metrics = reduced_metrics(loaded.model, loss, correct, y, comm)
     if comm.is_root:
@@ -95,7 +135,8 @@ def predict_command(args, comm, kernels):
     loaded = comm.agreed(load_model, args.model)
     comm.agreed_on_root(_check_output, args.output)
     rows, table = _rows_for_model(loaded, args.data, comm, loaded.info.get("label_column"),
-                                  need_labels=False, fmt=args.format)
+                                  need_labels=False, fmt=args.format,
+                                  zero_based=args.zero_based)
     text = comm.agreed(_prediction_text, loaded, rows, table, kernels)
     _, probs = predictions(loaded.model, np.zeros((0, loaded.model.n_outputs),
                                                   dtype=loaded.params.dtype))

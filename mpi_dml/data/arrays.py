@@ -81,3 +81,91 @@ class ArrayTable(Table):
         for j, c in enumerate(cols):
             block[:, j] = self._y[a:b] if c == label else self._x[a:b, c]
         return block
+
+
+class SparseArrayTable:
+    """``x`` (a SciPy sparse matrix, rows x features) and ``y`` of this rank, read like
+    a LIBSVM file: ``sparse`` is True, and ``rows(lo, hi).blocks()`` yields
+    ``(first row, labels, CSR rows)``.
+
+    Rows move between ranks as they do for ``ArrayTable``, in two Alltoallv: the
+    nonzero count of each row, then each nonzero's (column, value). Nothing is made
+    dense. Every rank passes the same feature count (the matrices' widths).
+    """
+
+    sparse = True
+    empty_reason = "has no rows"
+
+    def __init__(self, x, y, comm, *, path: str = "the rows given to fit"):
+        import scipy.sparse as sp
+
+        if not sp.issparse(x) or x.ndim != 2:
+            raise ValueError("x must be a 2-D SciPy sparse matrix")
+        x = sp.csr_matrix(x, dtype=np.float64)
+        x.sum_duplicates()  # sorted, unique column indices in every row
+        self.path, self.comm = path, comm
+        counts = comm.allgather(int(x.shape[0]), what="rows held")
+        self.n_rows = int(sum(counts))
+        self.n_features = int(x.shape[1])
+        self._x = x
+        self._y = np.zeros(x.shape[0]) if y is None else np.asarray(y, np.float64).reshape(-1)
+        if self._y.shape[0] != x.shape[0]:
+            raise ValueError(f"y has {self._y.shape[0]} rows but x has {x.shape[0]}")
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        self._held = [(int(starts[r]), int(starts[r + 1])) for r in range(comm.size)]
+
+    def where(self, row: int) -> str:
+        rank = next(r for r, (a, b) in enumerate(self._held) if a <= row < b)
+        return f"{self.path}: row {row - self._held[rank][0]} of rank {rank}"
+
+    def rows(self, lo: int, hi: int) -> "_SparseRows":
+        """Collective: global rows ``[lo, hi)`` of every rank, moved to the ranks that
+        asked for them."""
+        import scipy.sparse as sp
+
+        ranges = self.comm.allgather((int(lo), int(hi)), what="row ranges")
+        start, stop = self._held[self.comm.rank]
+        x, indptr = self._x, self._x.indptr
+        send_rows, send_nnz, lengths, pairs = [], [], [], []
+        for r_lo, r_hi in ranges:  # what each rank asks for that this rank holds
+            a, b = max(r_lo, start) - start, min(r_hi, stop) - start
+            if b <= a:
+                send_rows.append(0)
+                send_nnz.append(0)
+                continue
+            send_rows.append(b - a)
+            send_nnz.append(int(indptr[b] - indptr[a]))
+            lengths.append(np.diff(indptr[a:b + 1]))
+            s, e = indptr[a], indptr[b]
+            pairs.append(np.column_stack([x.indices[s:e], x.data[s:e]]))
+        recv_rows = [max(min(hi, b) - max(lo, a), 0) for a, b in self._held]
+        length = self.comm.alltoallv_rows(
+            np.concatenate(lengths).reshape(-1, 1) if lengths else np.empty((0, 1)),
+            send_rows, np.empty((hi - lo, 1)), recv_rows, what="row lengths")[:, 0]
+        # How many nonzeros arrive from each rank: the lengths of its rows, summed.
+        cuts = np.concatenate(([0], np.cumsum(recv_rows)))
+        total = np.concatenate(([0], np.cumsum(length)))
+        recv_nnz = [int(total[cuts[r + 1]] - total[cuts[r]]) for r in range(self.comm.size)]
+        got = self.comm.alltoallv_rows(
+            np.concatenate(pairs) if pairs else np.empty((0, 2)), send_nnz,
+            np.empty((int(total[-1]), 2)), recv_nnz, what="nonzeros")
+        block = sp.csr_matrix((got[:, 1], got[:, 0].astype(np.int64), total.astype(np.int64)),
+                              shape=(hi - lo, self.n_features))
+        labels = np.empty((hi - lo, 1))
+        ys = [self._y[max(r_lo, start) - start:min(r_hi, stop) - start].reshape(-1, 1)
+              for r_lo, r_hi in ranges if min(r_hi, stop) > max(r_lo, start)]
+        self.comm.alltoallv_rows(np.concatenate(ys) if ys else np.empty((0, 1)), send_rows,
+                                 labels, recv_rows, what="labels")
+        return _SparseRows(lo, hi, labels[:, 0], block)
+
+
+class _SparseRows:
+    def __init__(self, lo, hi, y, x):
+        self.lo, self.hi, self._y, self._x = lo, hi, y, x
+
+    def __len__(self):
+        return self.hi - self.lo
+
+    def blocks(self, max_nnz: int | None = None):
+        if self.hi > self.lo:
+            yield self.lo, self._y, self._x

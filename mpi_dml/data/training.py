@@ -15,19 +15,24 @@ from ..errors import UserError
 from . import sharding
 from .columns import choose_columns, unused_note
 from .formats import open_table
-from .labels import Split, check_class_range, infer_classes, read_split
+from .labels import Split, check_class_range, infer_classes, read_sparse_split, read_split
 
 
 @dataclass
 class TrainingData:
     train: Split
     val: Split | None           # this rank's validation rows, if any validation is asked for
-    feature_names: list
+    feature_names: list | None  # None for sparse data, whose features are numbered
     n_classes: int              # 0 for regression
     shard_sizes: np.ndarray     # training rows per virtual shard, for every shard
     local_shards: np.ndarray    # training shards whose rows make up ``train``, ascending
     n_train: int
     n_val: int
+    n_features: int = -1        # taken from feature_names when they are given
+
+    def __post_init__(self):
+        if self.feature_names is not None:
+            self.n_features = len(self.feature_names)
 
 
 def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
@@ -36,20 +41,28 @@ def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
     The rows come from ``cfg.data`` (and ``cfg.val_data``), or from ``table`` (and
     ``val_table``): any ``Table``, such as rows already in memory (``arrays``).
     """
-    table = table if table is not None else open_table(cfg.data, comm, cfg.format)
+    table = table if table is not None else _open(cfg, cfg.data, comm)
     comm.agreed(_require_rows, table)
     n_shards = min(cfg.shards, table.n_rows)
     bounds = sharding.shard_bounds(table.n_rows, n_shards)
     s0, s1 = sharding.owned_shards(n_shards, comm.rank, comm.size)
     lo, hi = int(bounds[s0]), int(bounds[s1])
-    features, label_at, unused = comm.agreed(choose_columns, table, cfg.label_column,
-                                             cfg.features)
-    names = [table.columns[i] for i in features]
-    note = unused_note(table.path, unused)
-    if note and comm.is_root:
-        print(f"mpi_dml: note: {note}", file=sys.stderr)
-    rows = read_split(table, lo, hi, features, label_at, dtype=cfg.dtype,
-                      classification=cfg.is_classifier, names=names)
+    sparse = getattr(table, "sparse", False)
+    if sparse:
+        comm.agreed(_no_columns_for_sparse, cfg, table.path)
+        names, n_features = None, table.n_features
+        rows = read_sparse_split(table, lo, hi, dtype=cfg.dtype,
+                                 classification=cfg.is_classifier)
+    else:
+        features, label_at, unused = comm.agreed(choose_columns, table, cfg.label_column,
+                                                 cfg.features)
+        names = [table.columns[i] for i in features]
+        n_features = len(names)
+        note = unused_note(table.path, unused)
+        if note and comm.is_root:
+            print(f"mpi_dml: note: {note}", file=sys.stderr)
+        rows = read_split(table, lo, hi, features, label_at, dtype=cfg.dtype,
+                          classification=cfg.is_classifier, names=names)
 
     n_classes = 0
     if cfg.is_classifier:
@@ -73,18 +86,31 @@ def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
 
     if cfg.val_data or val_table is not None:
         if val_table is None:
-            val_table = open_table(cfg.val_data, comm, cfg.format)
+            # Sparse validation rows are read with the training rows' feature count,
+            # so an index beyond it is refused with its line.
+            val_table = _open(cfg, cfg.val_data, comm, n_features if sparse else None)
         comm.agreed(_require_rows, val_table)
-        val_columns = comm.agreed(_same_features, val_table, names, cfg.label_column,
-                                  table.path)
         vlo, vhi = sharding.chunk(val_table.n_rows, comm.rank, comm.size)
-        val = read_split(val_table, vlo, vhi, val_columns[:-1], val_columns[-1],
-                         dtype=cfg.dtype, classification=cfg.is_classifier, names=names)
+        if sparse:
+            comm.agreed(_same_sparse_features, val_table, n_features, table.path)
+            val = read_sparse_split(val_table, vlo, vhi, dtype=cfg.dtype,
+                                    classification=cfg.is_classifier)
+        else:
+            val_columns = comm.agreed(_same_features, val_table, names, cfg.label_column,
+                                      table.path)
+            val = read_split(val_table, vlo, vhi, val_columns[:-1], val_columns[-1],
+                             dtype=cfg.dtype, classification=cfg.is_classifier, names=names)
         if cfg.is_classifier:
             comm.agreed(check_class_range, val, n_classes, val_table, vlo, cfg.model)
         n_val = val_table.n_rows
     return TrainingData(train, val, names, n_classes, shard_sizes,
-                        mine[~held_out[mine]], int(shard_sizes.sum()), n_val)
+                        mine[~held_out[mine]], int(shard_sizes.sum()), n_val, n_features)
+
+
+def _open(cfg, path, comm, n_features=None):
+    """Collective: the table at ``path``, with the LIBSVM settings of ``cfg``."""
+    return open_table(path, comm, cfg.format, zero_based=cfg.zero_based,
+                      n_features=n_features or cfg.num_features or None)
 
 
 # Rows moved at a time when the training rows close ranks in place.
@@ -101,6 +127,8 @@ def split_off_validation(rows: Split, held_out: np.ndarray, sizes: np.ndarray):
     """
     take_train = np.repeat(~held_out, sizes)
     val = Split(rows.x[~take_train], rows.y[~take_train])
+    if not isinstance(rows.x, np.ndarray):
+        return Split(_close_ranks_csr(rows.x, take_train), rows.y[take_train]), val
     x, y = rows.x, rows.y
     starts = np.concatenate([[0], np.cumsum(sizes)])
     to = 0
@@ -113,6 +141,49 @@ def split_off_validation(rows: Split, held_out: np.ndarray, sizes: np.ndarray):
                 y[to + s - a:to + e - a] = y[s:e]
         to += b - a
     return Split(x[:to], y[:to]), val
+
+
+def _close_ranks_csr(x, keep: np.ndarray):
+    """The rows of CSR ``x`` where ``keep``, moved to the front of its own arrays, a
+    bounded run at a time (as for dense rows): no second copy of the nonzeros."""
+    import scipy.sparse as sp
+
+    indptr, data, indices = x.indptr, x.data, x.indices
+    lengths = np.diff(indptr)[keep]
+    to = 0
+    for a, b in _runs(keep):
+        s, e = int(indptr[a]), int(indptr[b])
+        if s != to:
+            for u in range(s, e, _MOVE_ROWS * 64):
+                v = min(u + _MOVE_ROWS * 64, e)
+                data[to + u - s:to + v - s] = data[u:v]
+                indices[to + u - s:to + v - s] = indices[u:v]
+        to += e - s
+    new_indptr = np.zeros(lengths.size + 1, dtype=indptr.dtype)
+    np.cumsum(lengths, out=new_indptr[1:])
+    return sp.csr_matrix((data[:to], indices[:to], new_indptr),
+                         shape=(lengths.size, x.shape[1]), copy=False)
+
+
+def _runs(mask: np.ndarray):
+    """``[a, b)`` ranges where ``mask`` is True, in order."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return zip(edges[::2].tolist(), edges[1::2].tolist())
+
+
+def _no_columns_for_sparse(cfg, path):
+    if cfg.features:
+        raise UserError(f"--features picks columns by name, and {path} is sparse (LIBSVM), "
+                        f"whose features are numbered; leave --features out")
+
+
+def _same_sparse_features(val_table, n_features, path):
+    if not getattr(val_table, "sparse", False):
+        raise UserError(f"{val_table.path} is not sparse (LIBSVM) like {path}; validation "
+                        f"data needs the same format")
+    if val_table.n_features > n_features:
+        raise UserError(f"{val_table.path} has {val_table.n_features} features, more than "
+                        f"the {n_features} of {path}; pass --num-features to fix the count")
 
 
 def _require_rows(table):

@@ -64,9 +64,7 @@ def _training_rows(x, dtype, scale, comm):
     ones (CSR) kept sparse. Every rank must hold the same kind."""
     sparse = is_sparse(x)
     comm.agreed(_same_kind, sparse, comm.allreduce_int(int(sparse)), comm.size)
-    if not sparse or scale is not None:
-        return scaled(x, dtype, scale, in_place=True)
-    return x if x.dtype == dtype else x.astype(dtype)
+    return scaled(x, dtype, scale, in_place=True)
 
 
 def _same_kind(sparse, n_sparse, size):
@@ -147,7 +145,7 @@ class Engine:
         cfg, comm, dev = self.cfg, self.comm, self.dev
         dtype = np.dtype(cfg.dtype)
         if self.model is None:
-            self.model = build_model(cfg.model, cfg.task, len(data.feature_names),
+            self.model = build_model(cfg.model, cfg.task, data.n_features,
                                      data.n_classes, cfg.hidden, cfg.activation)
         model = self.model
         host = np.zeros(model.size, dtype=dtype)

@@ -89,9 +89,10 @@ def _accept_root(resumed: Resumed, cfg, model_desc, data_desc, algorithm) -> lis
 
 
 def data_description(data) -> dict:
-    return {"n_features": len(data.feature_names), "n_classes": data.n_classes,
+    names = data.feature_names
+    return {"n_features": data.n_features, "n_classes": data.n_classes,
             "n_train": data.n_train, "n_val": data.n_val,
-            "feature_names": list(data.feature_names)}
+            "feature_names": None if names is None else list(names)}
 
 
 def write(cfg, comm, folder, state_fn) -> Path | None:

@@ -94,10 +94,11 @@ def check_description(info, path) -> Model:
     if not (isinstance(dtype, str) and dtype in DTYPES):
         refuse(path, "'dtype'", _one_of(DTYPES), dtype)
     names = get("feature_names", MISSING)
-    if not (isinstance(names, list) and len(names) == model.n_features
-            and all(isinstance(n, str) and n for n in names)):
-        refuse(path, "'feature_names'", f"be a list of {model.n_features} non-empty strings "
-               f"(one per input of layer 0)", names)
+    # null: trained on sparse (LIBSVM) rows, whose features are numbered, not named.
+    if names is not None and not (isinstance(names, list) and len(names) == model.n_features
+                                  and all(isinstance(n, str) and n for n in names)):
+        refuse(path, "'feature_names'", f"be null or a list of {model.n_features} non-empty "
+               f"strings (one per input of layer 0)", names)
     if not isinstance(get("label_column", MISSING), str):
         refuse(path, "'label_column'", "be a string", get("label_column", MISSING))
     check_classes(get("classes", MISSING), model, path)

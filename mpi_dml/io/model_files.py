@@ -61,7 +61,8 @@ class LoadedModel:
         self.standardize = standardize
 
     @property
-    def feature_names(self) -> list:
+    def feature_names(self) -> list | None:
+        """The features' names, in order; None for a model trained on sparse rows."""
         return self.info.get("feature_names", [])
 
 

@@ -56,7 +56,7 @@ __all__ = ["open_table", "read_csr", "Table", "CsvTable", "NpyTable", "NpzTable"
 
 
 def open_table(path, comm, fmt: str | None = None, zero_based: bool = False,
-               n_features: int | None = None) -> Table:
+               n_features: int | None = None, features_from: str | None = None) -> Table:
     """Collective: open a table, learning its columns and global row count.
 
     ``path`` is a file, a folder or a glob. ``fmt`` is one of ``FORMATS`` (csv, npy,
@@ -67,9 +67,11 @@ def open_table(path, comm, fmt: str | None = None, zero_based: bool = False,
 
     LIBSVM only: ``zero_based`` says the indices start at 0 (else at 1), and
     ``n_features`` fixes the feature count (None or 0: the largest index seen + 1,
-    agreed across ranks and files). Other formats ignore both.
+    agreed across ranks and files); ``features_from`` names what fixed ``n_features`` in
+    the message for an index beyond it (default: the ``--num-features`` flag). Other
+    formats ignore all three.
     """
-    return open_files(os.fspath(path), comm, fmt, zero_based, n_features)
+    return open_files(os.fspath(path), comm, fmt, zero_based, n_features, features_from)
 
 
 def __getattr__(name):

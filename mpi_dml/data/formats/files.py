@@ -251,13 +251,15 @@ class ConcatTable(Table):
 
 
 def open_files(path: str, comm, fmt: str | None, zero_based: bool = False,
-               n_features: int | None = None) -> Table:
+               n_features: int | None = None, features_from: str | None = None) -> Table:
     """Collective: the table of a file, folder or glob (see ``formats.open_table``).
-    ``zero_based`` and ``n_features`` are LIBSVM's; other formats have no use for them."""
+    ``zero_based``, ``n_features`` and ``features_from`` (what fixed ``n_features``, for
+    messages) are LIBSVM's; other formats have no use for them."""
     fmt = comm.agreed(check_format, fmt)
     files, fmt = comm.bcast_obj(comm.agreed_on_root(expand, path, fmt), what="file list")
     cls = comm.agreed(table_class, fmt)
-    options = {"zero_based": zero_based, "n_features": n_features} if fmt == "libsvm" else {}
+    options = ({"zero_based": zero_based, "n_features": n_features,
+                "features_from": features_from} if fmt == "libsvm" else {})
     if files is None:
         return cls.open(path, comm, **options)
     if len(files) == 1:

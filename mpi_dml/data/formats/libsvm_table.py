@@ -103,13 +103,19 @@ class LibsvmTable(Table):
             self._first_lines.append(counted.get(s.file, 0))
             counted[s.file] = counted.get(s.file, 0) + s.lines
 
-    @classmethod
-    def open(cls, path, comm, zero_based=False, n_features=None):
-        return cls.open_files(path, comm, [path], zero_based=zero_based, n_features=n_features)
+    # What fixed ``n_features``, for messages: the flag, or e.g. a trained model.
+    features_from = "--num-features"
 
     @classmethod
-    def open_files(cls, path, comm, files, zero_based=False, n_features=None):
-        """Collective: ``files`` (in this order) as one table called ``path``."""
+    def open(cls, path, comm, zero_based=False, n_features=None, features_from=None):
+        return cls.open_files(path, comm, [path], zero_based=zero_based, n_features=n_features,
+                              features_from=features_from)
+
+    @classmethod
+    def open_files(cls, path, comm, files, zero_based=False, n_features=None,
+                   features_from=None):
+        """Collective: ``files`` (in this order) as one table called ``path``.
+        ``features_from`` names what fixed ``n_features`` when it is not the flag."""
         limit = comm.agreed(_feature_limit, n_features)
         stamps = comm.bcast_obj(comm.agreed_on_root(_stamps, files), what="file sizes")
         scanned = comm.agreed(_scan_share, files, stamps, comm.rank, comm.size,
@@ -120,6 +126,8 @@ class LibsvmTable(Table):
         inferred = max((s.max_col for s in segments), default=-1) + 1
         table = cls(path, comm, files, stamps, segments, mine, scanned, zero_based,
                     limit if limit >= 0 else inferred)
+        if features_from:
+            table.features_from = features_from
         comm.agreed(table._raise_scan_error)
         comm.agreed(table._check_feature_count, limit)
         return table
@@ -276,7 +284,7 @@ class LibsvmTable(Table):
             return changed_error(self._files[f])
         text = self._text(f) if text is None else text
         return UserError(describe(f"{self._files[f]} line {line + 1}", text, result,
-                                  self.zero_based, self.n_features, dtype))
+                                  self.zero_based, self.n_features, dtype, self.features_from))
 
     def __repr__(self):
         return (f"LibsvmTable({self.path!r}, {len(self._files)} file(s), {self.n_rows} rows, "
@@ -398,7 +406,8 @@ def _lone_carriage_return(text, pos: int) -> bool:
     return b"\r" in line.rstrip(b"\r")
 
 
-def describe(where: str, text, result, zero_based: bool, n_features: int, dtype=None) -> str:
+def describe(where: str, text, result, zero_based: bool, n_features: int, dtype=None,
+             features_from: str = "--num-features") -> str:
     """One sentence on the bad token of a kernel's ``result``, found at ``where``."""
     code, pos, extra = int(result[lp.CODE]), int(result[lp.ERR_POS]), int(result[lp.ERR_EXTRA])
     token = _token(text, pos)
@@ -428,9 +437,12 @@ def describe(where: str, text, result, zero_based: bool, n_features: int, dtype=
         return (f"{where}: {token!r} {what}; indices must be strictly increasing within a "
                 f"line (sorted, each at most once)")
     if code == lp.BEYOND:
+        top = f"{'0' if zero_based else '1'}-based indices go up to {n_features - 1 + base}"
+        if features_from != "--num-features":
+            return (f"{where}: {token!r} has index {int(index)}, beyond the {n_features} "
+                    f"features of {features_from} ({top})")
         return (f"{where}: {token!r} has index {int(index)}, beyond --num-features "
-                f"{n_features} ({'0' if zero_based else '1'}-based indices go up to "
-                f"{n_features - 1 + base}); raise it, or give 0 to use the largest index seen")
+                f"{n_features} ({top}); raise it, or give 0 to use the largest index seen")
     if code == lp.HUGE_INDEX:
         return (f"{where}: the index of {token!r} has more than 18 digits; indices must be "
                 f"below 10**18")
