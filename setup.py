@@ -48,6 +48,10 @@ setup(
         # and compressed datasets, with no MPI build of HDF5 needed. 3.5 brought the
         # `locking` switch that parallel file systems without file locks need.
         "h5py>=3.5",
+        # Sparse rows (LIBSVM files, sparse input to the estimators) are SciPy CSR
+        # matrices: the format users and scikit-learn already hand around, with row
+        # slicing and products done in compiled code. scikit-learn needs it anyway.
+        "scipy>=1.10",
         "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require={
