@@ -60,8 +60,9 @@ setup(
         "mpich": ["mpich>=4.2; platform_system == 'Linux'"],
         # pandas: the estimators' DataFrame input is tested with it.
         "test": ["pytest>=7", "pandas>=2"],
-        # PyTorch for the side-by-side DDP benchmark.
-        "bench": ["torch>=2.0"],
+        # PyTorch for the side-by-side DDP benchmark; Vowpal Wabbit for the sparse one
+        # (wheels for CPython 3.10-3.14 on Linux, no dependencies; 9.11 is the tested floor).
+        "bench": ["torch>=2.0", "vowpalwabbit>=9.11"],
         # --device gpu, for CUDA 12 (see README for other CUDA versions): CuPy with the
         # CUDA libraries it loads (the ctk extra: cuBLAS, NVRTC, ...), the Numba CUDA
         # target for the kernels, and NCCL for the gradient exchange between GPUs. Only

@@ -1,5 +1,6 @@
 """The benchmarks run and validate (their figures live in BENCHMARKS.md, not here)."""
 import argparse
+import re
 import subprocess
 import sys
 
@@ -96,3 +97,105 @@ def test_bench_data_validation_catches_a_wrong_reading(tmp_path):
     args = argparse.Namespace(timeout=300)
     failures = bench_data.validate(paths, [2], tmp_path, args)
     assert failures == ["parquet at 2 ranks: rows differ from pandas' reading"]
+
+
+# --- bench_sparse.py: the generated rows, the files, the checks, and one small run ---------
+def _bench_module(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_sparse_rows_keep_the_generators_promises():
+    import numpy as np
+    sparse_data = _bench_module("sparse_data")
+    rows = sparse_data.make_rows(20_000, seed=3)
+    x, y = rows.x, rows.y
+    assert x.shape == (20_000, 2 ** 20) and x.indices.dtype == np.int32
+    # 13 numeric fields present with p 0.85, 30 categorical ones with p 0.97.
+    per_row = np.diff(x.indptr)
+    assert abs(per_row.mean() - (13 * 0.85 + 30 * 0.97)) < 0.1 and per_row.max() <= 43
+    within_row = np.diff(x.indices)[np.diff(np.repeat(np.arange(20_000), per_row)) == 0]
+    assert (within_row > 0).all() and x.has_sorted_indices
+    numeric = x.indices < 13
+    assert (x.data[~numeric] == 1).all()
+    assert x.data[numeric].min() == 0.693 and x.data[numeric].max() <= 4.174
+    # Power law: a few features carry most nonzeros, most are seen once, and the
+    # rank-frequency curve falls about as rank**-1.1.
+    counts = np.sort(np.bincount(x.indices, minlength=2 ** 20)[13:])[::-1]
+    assert counts[:1049].sum() > 0.6 * counts.sum()
+    assert (counts == 1).sum() > 30_000
+    slope = np.polyfit(np.log(np.arange(101, 1001)), np.log(counts[100:1000]), 1)[0]
+    assert -1.3 < slope < -0.9, slope
+    draws = np.bincount(sparse_data._zipf_ranks(np.random.default_rng(0), 100_000, 200_000))
+    p0 = 1 / np.sum(np.arange(1, 100_001.0) ** -1.1)
+    assert abs(draws[0] / 200_000 - p0) < 0.003
+    assert abs(np.polyfit(np.log(np.arange(1, 51)), np.log(draws[:50]), 1)[0] + 1.1) < 0.05
+    # Balanced classes, drawn from the logistic model of the margin.
+    assert 0.47 < y.mean() < 0.53
+    for chosen in (slice(None), rows.margin > 2, rows.margin < -2):
+        p = 1 / (1 + np.exp(-rows.margin[chosen]))
+        assert abs(y[chosen].mean() - p.mean()) < 4 * np.sqrt(p.mean() * (1 - p.mean()) / p.size)
+
+
+def test_sparse_files_read_back_and_a_changed_file_is_caught(tmp_path):
+    import io
+
+    import numpy as np
+    from sklearn.datasets import load_svmlight_file
+    sparse_data, bench_sparse = _bench_module("sparse_data"), _bench_module("bench_sparse")
+    rows = sparse_data.make_rows(3_000, seed=1)
+    train, test = sparse_data.split(rows, 2_000)
+    paths = sparse_data.write_files(tmp_path, rows, 2_000)
+    assert bench_sparse.check_files(paths, train, test) == []
+    # Vowpal Wabbit's text is the same rows: 0-based names, labels -1/1.
+    text = open(paths["train.vw"], "rb").read().replace(b" |", b"")
+    x, y = load_svmlight_file(io.BytesIO(text), n_features=2 ** 20, zero_based=True)
+    assert (x != train.x).nnz == 0 and np.array_equal(y, 2 * train.y - 1)
+    lines = open(paths["test.svm"]).read().splitlines(keepends=True)
+    lines[7] = lines[7].replace(":1 ", ":2 ", 1)  # one one-hot value of one row
+    open(paths["test.svm"], "w").write("".join(lines))
+    assert bench_sparse.check_files(paths, train, test) == [
+        "test.svm: load_svmlight_file does not give back the rows written"]
+
+
+def test_sparse_run_checks_name_what_a_tool_missed():
+    sparse_data, bench_sparse = _bench_module("sparse_data"), _bench_module("bench_sparse")
+    train, test = sparse_data.split(sparse_data.make_rows(1_000, seed=2), 800)
+    n, nnz, pos = 800, train.x.nnz, int(train.y.sum())
+    majority = max(test.y.mean(), 1 - test.y.mean())
+    vw = {"rows": n, "features": nnz + n, "label_sum": 2.0 * pos - n, "test_rows": 200,
+          "accuracy": majority + 0.05}
+    assert bench_sparse.check_run("vw", vw, train, test) == []
+    assert bench_sparse.check_run("vw", dict(vw, features=nnz), train, test) == [
+        f"vw: features {nnz} where the training file has {nnz + n}"]
+    assert bench_sparse.check_run("sklearn", {"rows": n - 1, "nnz": nnz, "test_rows": 200,
+                                              "accuracy": majority}, train, test) == [
+        f"sklearn: rows {n - 1} where the training file has {n}",
+        f"sklearn: held-out accuracy {majority:.4f} is not above the majority class rate "
+        f"{majority:.4f} + 0.02"]
+
+
+def test_bench_sparse_validates_and_reports():
+    """A small run: VW (or the line saying it is not installed), scikit-learn, and mpi_dml
+    (or the line saying its CLI refuses the LIBSVM flags)."""
+    r = subprocess.run([sys.executable, "benchmarks/bench_sparse.py", "--train-rows", "6000",
+                        "--test-rows", "2000", "--repeats", "1", "--batch-size", "256",
+                        "--lr", "0.01"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=mpi_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validation: PASS" in r.stdout
+    # tool, read s, train s, total s, rows/s, held-out accuracy, speed over VW's
+    rows = dict(re.findall(r"^ *(vw|sklearn|mpi_dml x2) +(?:[\d.]+|-) +(?:[\d.]+|-) +[\d.]+ "
+                           r"+[\d,]+ +(0\.\d{4}) +(?:[\d.]+x|-)$", r.stdout, re.M))
+    assert "sklearn" in rows, r.stdout
+    try:
+        import vowpalwabbit  # noqa: F401
+        assert "vw" in rows, r.stdout
+    except ImportError:
+        assert "vw: skipped: vowpalwabbit is not installed" in r.stdout
+    assert ("mpi_dml x2" in rows
+            or "mpi_dml x2: skipped: this mpi_dml refuses the LIBSVM flags" in r.stdout), r.stdout
+    assert "target:\n  mpi_dml at 2 ranks >= 2.0x vw's rows/s" in r.stdout
