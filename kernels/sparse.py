@@ -41,17 +41,36 @@ def _as_csr(x):
 
 # --- X @ W ----------------------------------------------------------------------------
 
+@numba.njit(inline="always")
+def _row_product(indptr, indices, data, w, out, i):
+    # One output at a time, summed in a local: a store per nonzero into ``out`` (which
+    # the compiler cannot keep in a register, as it might alias ``w``) costs 3-4x.
+    for j in range(out.shape[1]):
+        acc = out.dtype.type(0)
+        for p in range(indptr[i], indptr[i + 1]):
+            acc += data[p] * w[indices[p], j]
+        out[i, j] = acc
+
+
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _csr_matmul(indptr, indices, data, w, out):
-    n, k = out.shape
-    for i in numba.prange(n):
-        for j in range(k):
-            out[i, j] = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            c = indices[p]
-            v = data[p]
-            for j in range(k):
-                out[i, j] += v * w[c, j]
+    for i in numba.prange(out.shape[0]):
+        _row_product(indptr, indices, data, w, out, i)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _csr_matmul_serial(indptr, indices, data, w, out):
+    for i in range(out.shape[0]):
+        _row_product(indptr, indices, data, w, out, i)
+
+
+# Nonzeros below which one thread does a product: a parallel region costs tens of
+# microseconds to start and more when the cores are shared, a nonzero a few nanoseconds.
+PARALLEL_NNZ = 1 << 15
+
+
+def _threaded(nnz: int) -> bool:
+    return nnz >= PARALLEL_NNZ and numba.get_num_threads() > 1
 
 
 def matmul(x, w, out=None):
@@ -61,7 +80,8 @@ def matmul(x, w, out=None):
         return x @ w
     if out is None:
         out = np.empty((x.shape[0], w.shape[1]), dtype=w.dtype)
-    _csr_matmul(x.indptr, x.indices, x.data, w, out)
+    kernel = _csr_matmul if _threaded(x.nnz) else _csr_matmul_serial
+    kernel(x.indptr, x.indices, x.data, w, out)
     return out
 
 
@@ -91,16 +111,31 @@ def _by_column(indptr, indices, n_cols):
     return starts, rows, where
 
 
+@numba.njit(inline="always")
+def _column_product(starts, rows, where, data, d, out, c):
+    for j in range(out.shape[1]):
+        acc = out.dtype.type(0)
+        for q in range(starts[c], starts[c + 1]):
+            acc += data[where[q]] * d[rows[q], j]
+        out[c, j] = acc
+
+
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _csc_times(starts, rows, where, data, d, out):
-    n_cols, k = out.shape
-    for c in numba.prange(n_cols):
-        for j in range(k):
-            out[c, j] = 0
-        for q in range(starts[c], starts[c + 1]):
-            i = rows[q]
-            v = data[where[q]]
-            for j in range(k):
+    for c in numba.prange(out.shape[0]):
+        _column_product(starts, rows, where, data, d, out, c)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _scatter_times(indptr, columns, data, d, out):
+    """X.T @ D on one thread: each nonzero adds into its column's row, the rows taken
+    in order, so every sum runs in row order as in the threaded kernel (same bits)."""
+    out[...] = 0
+    for i in range(indptr.shape[0] - 1):
+        for p in range(indptr[i], indptr[i + 1]):
+            c = columns[p]
+            v = data[p]
+            for j in range(out.shape[1]):
                 out[c, j] += v * d[i, j]
 
 
@@ -126,6 +161,9 @@ def t_matmul(x, d, n_cols, *, columns=None, out=None):
         out.fill(0)
         out[keys] = t_matmul(x, d, len(keys), columns=positions(keys, indices, np, n_cols))
         return out
+    if not _threaded(x.nnz):
+        _scatter_times(x.indptr, indices, x.data, d, out)
+        return out
     starts, rows, where = _by_column(x.indptr, indices, n_cols)
     _csc_times(starts, rows, where, x.data, d, out)
     return out
@@ -133,13 +171,42 @@ def t_matmul(x, d, n_cols, *, columns=None, out=None):
 
 def touched(x, xp=np):
     """The sorted distinct columns ``x`` uses: the first-layer rows a batch touches."""
-    return sorted_unique(x.indices, xp)
+    return sorted_unique(x.indices, xp, n_cols=x.shape[1])
 
 
-def sorted_unique(a, xp=np):
-    """``a``'s distinct values, sorted: ``unique`` by one sort and a compare, a few
-    times faster than ``np.unique`` on the few thousand keys of a batch."""
-    s = xp.sort(a.reshape(-1))
+@numba.njit(cache=True)
+def _first_seen(values, stamp, mark, out):
+    m = 0
+    for p in range(values.shape[0]):
+        c = values[p]
+        if stamp[c] != mark:
+            stamp[c] = mark
+            out[m] = c
+            m += 1
+    return m
+
+
+# Per feature, the last call of ``sorted_unique`` that saw it: a distinct value is one
+# whose stamp is not the current call's, so the table is never cleared.
+_STAMP = {"table": np.zeros(0, dtype=np.int32), "mark": 0}
+
+
+def sorted_unique(a, xp=np, n_cols=None):
+    """``a``'s distinct values, sorted. With ``n_cols`` (host values, all below it) the
+    distinct values are found through a table of stamps, in one pass over ``a``, and
+    only they are sorted: a batch's 160k nonzeros touch some 20k features. Otherwise
+    one sort and a compare."""
+    a = a.reshape(-1)
+    if n_cols is not None and xp is np:
+        if _STAMP["table"].shape[0] < n_cols or _STAMP["mark"] == np.iinfo(np.int32).max:
+            _STAMP["table"] = np.zeros(max(n_cols, _STAMP["table"].shape[0]), dtype=np.int32)
+            _STAMP["mark"] = 0
+        _STAMP["mark"] += 1
+        out = np.empty(a.shape[0], dtype=np.int64)
+        found = out[:_first_seen(a, _STAMP["table"], _STAMP["mark"], out)]
+        found.sort()
+        return found
+    s = xp.sort(a)
     if s.shape[0] < 2:
         return s
     keep = xp.empty(s.shape[0], dtype=bool)

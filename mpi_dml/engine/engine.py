@@ -312,7 +312,8 @@ class Engine:
         from ..kernels.sparse import sorted_unique
 
         parts = self.comm.allgather(keys, what="touched features")
-        return sorted_unique(np.concatenate(parts))
+        keys = np.concatenate(parts)
+        return sorted_unique(keys, n_cols=int(keys.max()) + 1 if keys.size else None)
 
     def _host_params(self) -> np.ndarray:
         return self.dev.to_host(self.algorithm.arrays()["params"])
