@@ -72,7 +72,7 @@ def replay(model, x, y, *, epochs, solver="sgd", learning_rate_init=0.01, batch_
     there; gradient = sum / rows in the batch + alpha * mask * p; SGD (PyTorch-style
     momentum) or Adam; then L1's soft threshold on the masked parameters."""
     n = len(x)
-    sizes = np.diff(sharding.shard_bounds(n, min(shards, n)))
+    sizes = np.diff(sharding.shard_bounds(n, sharding.shard_count(n, shards)))
     p = np.zeros(model.size)
     model.init(p, random_state)
     mask = model.decay_mask().astype(float)

@@ -38,8 +38,8 @@ def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
     """
     table = table if table is not None else open_table(cfg.data, comm, cfg.format)
     comm.agreed(_require_rows, table)
-    n_shards = min(cfg.shards, table.n_rows)
-    bounds = sharding.shard_bounds(table.n_rows, n_shards)
+    n_shards = sharding.shard_count(table.n_rows, cfg.shards, cfg.plan)
+    bounds = sharding.shard_bounds(table.n_rows, n_shards, cfg.plan)
     s0, s1 = sharding.owned_shards(n_shards, comm.rank, comm.size)
     lo, hi = int(bounds[s0]), int(bounds[s1])
     features, label_at, unused = comm.agreed(choose_columns, table, cfg.label_column,
