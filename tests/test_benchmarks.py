@@ -55,3 +55,18 @@ def test_bench_data_validation_catches_a_wrong_reading(tmp_path):
     args = argparse.Namespace(timeout=300)
     failures = bench_data.validate(paths, [2], tmp_path, args)
     assert failures == ["parquet at 2 ranks: rows differ from pandas' reading"]
+
+
+def test_bench_balance_validates_and_reports():
+    r = subprocess.run([sys.executable, "benchmarks/bench_balance.py", "--ranks", "2", "--steps",
+                        "4", "--epochs", "2", "--repeats", "1", "--hidden", "8"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=mpi_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validation: PASS" in r.stdout
+    # 1024 rows, batches of 64 on 2 ranks: the balanced plan gives each rank exactly 32
+    # rows of every batch; the shuffled plan's slowest rank has more than that on average.
+    table = {line.split()[0]: line.split() for line in r.stdout.splitlines()
+             if line.split()[:1] in (["balanced"], ["shuffled"])}
+    assert table["balanced"][2:4] == ["1.000", "1.000"], r.stdout
+    assert float(table["shuffled"][2]) > 1.0, r.stdout
+    assert "step time, shuffled over balanced at 2 ranks" in r.stdout
