@@ -154,7 +154,8 @@ def drive(args) -> int:
     n_rows = args.steps * args.batch_size
     n_rows += -n_rows % 1024  # equal shards under the shuffled plan's 1024
     info = common.machine(libraries=("mpi4py", "numba"))
-    print(f"bench_balance: {args.ranks} ranks, batch {args.batch_size} ({args.batch_size / args.ranks:g} "
+    per_rank = args.batch_size / args.ranks
+    print(f"bench_balance: {args.ranks} ranks, batch {args.batch_size} ({per_rank:g} "
           f"rows/rank), {n_rows} rows x {N_FEATURES} float32, MLP {N_FEATURES}-"
           f"{args.hidden.replace(',', '-')}-{N_CLASSES} relu, SGD, 1 thread/rank")
     print(f"  {args.epochs} epochs (first is warm-up), {args.repeats} alternating repeats, "
