@@ -26,6 +26,7 @@ from .algorithms.schedules import SCHEDULES
 from .devices import DEVICES, ROW_PLACEMENTS
 from .devices.gpu_exchange import EXCHANGES as GPU_EXCHANGES
 from .data.formats.files import FORMAT_CHOICES, names_libsvm
+from .data.sharding import PLANS
 from .errors import UserError
 from .models import HIDDEN_ACTIVATIONS, MODELS, TASKS, default_task
 
@@ -89,7 +90,15 @@ class DatasetSettings:
     num_features: int = setting(0, "LIBSVM: number of features; an index beyond it is an "
                                    "error (0: the largest index seen, agreed across ranks "
                                    "and files)", applies=_LIBSVM_ONLY)
-    shards: int = setting(1024, "virtual shards (fix batches independently of rank count)")
+    # Ranks own whole shards, so one may hold a shard more than N/P of the rows. The
+    # balanced plan's bound of one row above the mean needs S > P * B shards when B/P is
+    # just short of a whole number below 20 (beyond, 5% leaves room): 20 * 64**2 = 81920
+    # at 64 ranks, hence 2**17.
+    shards: int = setting(131072, "virtual shards (fix batches independently of rank "
+                                  "count; at least 4 rows each under the balanced plan)")
+    plan: str = setting("balanced", "which rows form each batch: balanced (every rank an "
+                                    "equal share of every batch) or shuffled (the plan "
+                                    "of earlier releases, to resume their checkpoints)")
     standardize: bool = setting(False, "scale features to zero mean and unit variance")
 
     def validate(self, cfg, world_size, files):
@@ -106,6 +115,7 @@ class DatasetSettings:
         _check(not (self.val_fraction and self.val_data), "val_fraction",
                "not be combined with val_data", self.val_fraction)
         _check(self.shards >= 1, "shards", "be >= 1", self.shards)
+        _choice(self, "plan", PLANS)
         _check(all(isinstance(f, str) and f.strip() for f in self.features), "features",
                "be a list of column names", ",".join(map(str, self.features)))
         repeated = sorted({f for f in self.features if self.features.count(f) > 1})

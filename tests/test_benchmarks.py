@@ -196,6 +196,20 @@ def test_bench_sparse_validates_and_reports():
         assert "vw" in rows, r.stdout
     except ImportError:
         assert "vw: skipped: vowpalwabbit is not installed" in r.stdout
-    assert ("mpi_dml x2" in rows
-            or "mpi_dml x2: skipped: this mpi_dml refuses the LIBSVM flags" in r.stdout), r.stdout
+    assert "mpi_dml x2" in rows, r.stdout
     assert "target:\n  mpi_dml at 2 ranks >= 2.0x vw's rows/s" in r.stdout
+
+
+def test_bench_balance_validates_and_reports():
+    r = subprocess.run([sys.executable, "benchmarks/bench_balance.py", "--ranks", "2", "--steps",
+                        "4", "--epochs", "2", "--repeats", "1", "--hidden", "8"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=mpi_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validation: PASS" in r.stdout
+    # 1024 rows, batches of 64 on 2 ranks: the balanced plan gives each rank exactly 32
+    # rows of every batch; the shuffled plan's slowest rank has more than that on average.
+    table = {line.split()[0]: line.split() for line in r.stdout.splitlines()
+             if line.split()[:1] in (["balanced"], ["shuffled"])}
+    assert table["balanced"][2:4] == ["1.000", "1.000"], r.stdout
+    assert float(table["shuffled"][2]) > 1.0, r.stdout
+    assert "step time, shuffled over balanced at 2 ranks" in r.stdout

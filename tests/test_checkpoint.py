@@ -21,7 +21,7 @@ from mpi_dml.engine.checkpoint import (CheckpointState, load_checkpoint, model_d
                                        save_checkpoint)
 from mpi_dml.engine.checkpoint_folder import latest_checkpoint, list_checkpoints, resolve_resume
 from mpi_dml.engine.compatibility import check_compatible
-from mpi_dml.config import TrainConfig
+from mpi_dml.config import DEFAULTS, TrainConfig
 from mpi_dml.errors import UserError
 from mpi_dml.models import build_model
 
@@ -436,7 +436,7 @@ def test_resolve_resume_refuses_paths_without_checkpoints(tmp_path, target, mess
     ({}, {"n_train": 99}, "for data with 100 training rows; this run has 99"),
     ({}, {"n_val": 0}, "for data with 20 validation rows; this run has 0"),
     ({"batch_size": 128}, {}, "with batch_size 64; this run has 128 .*sequence of batches"),
-    ({"shards": 64}, {}, "with shards 1024; this run has 64"),
+    ({"shards": 64}, {}, f"with shards {DEFAULTS['shards']}; this run has 64"),
     ({"seed": 1}, {}, "with seed 0; this run has 1"),
     ({"val_fraction": 0.2}, {}, "with val_fraction 0.0; this run has 0.2"),
     ({"standardize": False}, {}, "with standardize True; this run has False"),

@@ -67,12 +67,12 @@ def learning_rate(step, lr, schedule, total, warmup):
 def replay(model, x, y, *, epochs, solver="sgd", learning_rate_init=0.01, batch_size=200,
            random_state=0, alpha=0.0, l1=0.0, momentum=0.0, nesterovs_momentum=False,
            beta_1=0.9, beta_2=0.999, epsilon=1e-8, schedule="constant", warmup_steps=0,
-           shards=1024):
+           shards=131072):
     """The documented algorithm in NumPy: batch k of epoch e is the rows the plan puts
     there; gradient = sum / rows in the batch + alpha * mask * p; SGD (PyTorch-style
     momentum) or Adam; then L1's soft threshold on the masked parameters."""
     n = len(x)
-    sizes = np.diff(sharding.shard_bounds(n, min(shards, n)))
+    sizes = np.diff(sharding.shard_bounds(n, sharding.shard_count(n, shards)))
     p = np.zeros(model.size)
     model.init(p, random_state)
     mask = model.decay_mask().astype(float)

@@ -215,7 +215,7 @@ def replay(s: dict, path) -> tuple[dict, list]:
     training loss of every epoch."""
     x_all, y_all = read_csv(path)
     n_rows = x_all.shape[0]
-    n_shards = min(s["shards"], n_rows)
+    n_shards = sharding.shard_count(n_rows, s["shards"])
     bounds = sharding.shard_bounds(n_rows, n_shards)
     held_out = sharding.validation_shards(n_shards, s["val_fraction"], s["seed"])
     train_shards = np.flatnonzero(~held_out)

@@ -217,7 +217,7 @@ def train(model, X, y=None, *, comm=None, solver: str = "sgd",
           beta_2: float = 0.999, epsilon: float = 1e-8, schedule: str = "constant",
           warmup_steps: int = 0, step_epochs: int = 10, gamma: float = 0.1,
           tol: float = 0.0, n_iter_no_change: int = 10, dtype: str = "float64",
-          shards: int = 1024, nonfinite: str = "abort", checkpoint_dir=None,
+          shards: int = 131072, nonfinite: str = "abort", checkpoint_dir=None,
           checkpoint_every=None, keep: int = 3, resume=None, stall_timeout: float = 900.0,
           check_every: int = 200, progress: str = "none") -> TrainResult:
     """Train a custom ``model`` on the rows every rank passes; collective.

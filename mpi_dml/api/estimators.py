@@ -215,7 +215,7 @@ _COMMON = """
         Train on features scaled to zero mean and unit variance over every rank's
         rows (the scaling is part of the model). Minibatch SGD on unscaled features
         easily diverges.
-    shards : int, default=1024
+    shards : int, default=131072
         Virtual shards: batches depend on them and on the seed, never on the number
         of ranks.
     device : {{"cpu", "gpu", "auto"}}, default="cpu"
@@ -273,7 +273,7 @@ class LinearRegression(_Regressor):
                  momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, batch_size="auto", max_iter=100, tol=1e-4,
                  n_iter_no_change=10, random_state=None, schedule="constant",
-                 warmup_steps=0, standardize=True, shards=1024, device="cpu",
+                 warmup_steps=0, standardize=True, shards=131072, device="cpu",
                  verbose=False, comm=None):
         _keep(self, locals())
 
@@ -300,7 +300,7 @@ class LogisticRegression(_Probabilities, _Classifier):
                  momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, batch_size="auto", max_iter=100, tol=1e-4,
                  n_iter_no_change=10, random_state=None, schedule="constant",
-                 warmup_steps=0, standardize=True, shards=1024, device="cpu",
+                 warmup_steps=0, standardize=True, shards=131072, device="cpu",
                  verbose=False, comm=None):
         _keep(self, locals())
 
@@ -327,7 +327,7 @@ class LinearSVC(_Classifier):
                  momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, batch_size="auto", max_iter=100, tol=1e-4,
                  n_iter_no_change=10, random_state=None, schedule="constant",
-                 warmup_steps=0, standardize=True, shards=1024, device="cpu",
+                 warmup_steps=0, standardize=True, shards=131072, device="cpu",
                  verbose=False, comm=None):
         _keep(self, locals())
 
@@ -369,7 +369,7 @@ class MLPClassifier(_MLP, _Probabilities, _Classifier):
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  random_state=None, schedule="constant", warmup_steps=0, standardize=True,
-                 shards=1024, device="cpu", verbose=False, comm=None):
+                 shards=131072, device="cpu", verbose=False, comm=None):
         _keep(self, locals())
 
 
@@ -387,5 +387,5 @@ class MLPRegressor(_MLP, _Regressor):
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  random_state=None, schedule="constant", warmup_steps=0, standardize=True,
-                 shards=1024, device="cpu", verbose=False, comm=None):
+                 shards=131072, device="cpu", verbose=False, comm=None):
         _keep(self, locals())

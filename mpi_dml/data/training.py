@@ -43,8 +43,8 @@ def load_training(cfg, comm, table=None, val_table=None) -> TrainingData:
     """
     table = table if table is not None else _open(cfg, cfg.data, comm)
     comm.agreed(_require_rows, table)
-    n_shards = min(cfg.shards, table.n_rows)
-    bounds = sharding.shard_bounds(table.n_rows, n_shards)
+    n_shards = sharding.shard_count(table.n_rows, cfg.shards, cfg.plan)
+    bounds = sharding.shard_bounds(table.n_rows, n_shards, cfg.plan)
     s0, s1 = sharding.owned_shards(n_shards, comm.rank, comm.size)
     lo, hi = int(bounds[s0]), int(bounds[s1])
     sparse = getattr(table, "sparse", False)
@@ -130,10 +130,8 @@ def split_off_validation(rows: Split, held_out: np.ndarray, sizes: np.ndarray):
     if not isinstance(rows.x, np.ndarray):
         return Split(_close_ranks_csr(rows.x, take_train), rows.y[take_train]), val
     x, y = rows.x, rows.y
-    starts = np.concatenate([[0], np.cumsum(sizes)])
     to = 0
-    for shard in np.flatnonzero(~held_out):
-        a, b = int(starts[shard]), int(starts[shard + 1])
+    for a, b in _runs(take_train):  # runs of training shards, not one shard at a time
         if a != to:  # moving rows towards the front: each run lands before it starts
             for s in range(a, b, _MOVE_ROWS):
                 e = min(s + _MOVE_ROWS, b)

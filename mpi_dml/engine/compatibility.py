@@ -11,6 +11,7 @@ from ..errors import UserError
 
 # These settings fix which rows form each batch and in what order; resuming under
 # other values would silently train on a different sequence than the one started.
+# (``plan`` too, checked on its own: checkpoints from before it have none.)
 _BATCH_SETTINGS = ("batch_size", "shards", "seed", "val_fraction", "standardize")
 
 
@@ -70,6 +71,7 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
                    f"has {data_desc.get(key)}", "other --data or --val-data?")
     batch_hint = ("it fixes the sequence of batches: keep the old value, or start a new "
                   "run in another --out")
+    _check_plan(old_c, new_c, refuse)
     for key in _BATCH_SETTINGS:
         if old_c.get(key) != new_c[key]:
             refuse(f"with {key} {_show(old_c.get(key))}", f"has {_show(new_c[key])}", batch_hint)
@@ -88,8 +90,8 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
     if old_d.get("feature_names") != data_desc.get("feature_names"):
         notes.append("feature names differ from the checkpoint's (same count): is this the same data?")
     for key, value in new_c.items():
-        if key in _RUN_SETTINGS:
-            continue  # how this run is carried out, not what it computes
+        if key in _RUN_SETTINGS or key == "plan":
+            continue  # how this run is carried out, not what it computes; plan: checked
         if key not in old_c:
             # A setting newer than the checkpoint, at its default, changes nothing.
             if value != DEFAULTS.get(key):
@@ -97,6 +99,20 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
         elif old_c[key] != value:
             notes.append(f"{key} changed from {_show(old_c[key])} to {_show(value)} since the checkpoint")
     return notes
+
+
+def _check_plan(old_c: dict, new_c: dict, refuse):
+    """The batch plan must be the checkpoint's. One written before the balanced plan
+    records none: it ran the shuffled plan, with the shard count it records."""
+    old, new = old_c.get("plan", "shuffled"), new_c["plan"]
+    if old == new:
+        return
+    if "plan" in old_c:
+        refuse(f"with plan {old}", f"has {new}", "it fixes the sequence of batches: resume "
+               f"with --plan {old}, or start a new run in another --out")
+    refuse("by a release before balanced batches, whose plan was shuffled",
+           f"has plan {new}", f"resume with --plan shuffled --shards {old_c.get('shards')} "
+           "to continue its batches, or start a new run in another --out")
 
 
 def _check_algorithm_state(state, algorithm, refuse):

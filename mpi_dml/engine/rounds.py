@@ -39,7 +39,8 @@ class RowSource:
         if self._next != (request.epoch, request.step):
             self._plan = sharding.EpochPlan(data.shard_sizes, data.local_shards,
                                             seed=request.seed, epoch=request.epoch,
-                                            batch_size=request.batch_size)
+                                            batch_size=request.batch_size,
+                                            plan=eng.cfg.plan)
             self._batches = eng.dev.batches(eng.x, eng.y, self._plan, request.step,
                                             request.steps)
         self._next = (request.epoch, request.step + 1)
