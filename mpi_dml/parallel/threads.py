@@ -32,12 +32,18 @@ def threads_per_rank(requested: int, ranks_sharing_cpus: int, *, environ=None,
 
 
 def apply_threads(n: int) -> dict:
-    """Limit BLAS/OpenMP and Numba to ``n`` threads in this process; report what is set."""
+    """Limit BLAS/OpenMP and Numba to ``n`` threads in this process; report what is set.
+
+    Numba's count is thread-local: it holds for the calling thread, the one that then
+    runs the kernels (``kernels/cpu.py``). Numba cannot go above the threads it started
+    with (``NUMBA_NUM_THREADS``, all cores by default); the report says where it stopped.
+    """
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threadpool_limits(limits=n)
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    numba_threads = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(numba_threads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)  # for any library loaded after this point
     # pyarrow (Parquet) sizes its pool from OMP_NUM_THREADS when it loads; one already
@@ -48,4 +54,6 @@ def apply_threads(n: int) -> dict:
         "threads_per_rank": n,
         "blas": [{"library": p.get("internal_api"), "threads": p.get("num_threads")}
                  for p in threadpool_info()],
+        "numba": {"threads": numba_threads, "started": numba.config.NUMBA_NUM_THREADS,
+                  "layer": numba.threading_layer()},
     }
