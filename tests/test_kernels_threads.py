@@ -209,7 +209,8 @@ def test_row_chunks_cover_the_rows_once_and_depend_on_the_shape_only():
 
 def test_apply_threads_gives_the_kernels_their_threads_and_says_where_numba_stopped():
     """``apply_threads`` sets the kernels' count (``cpu.numba_threads``, what decides
-    whether they run threaded) and reports Numba's ceiling rather than hiding it."""
+    whether they run threaded), reports Numba's ceiling rather than hiding it, and puts
+    OpenMP's idle threads to sleep."""
     code = ("import json\n"
             "from mpi_dml.parallel.threads import apply_threads\n"
             "from mpi_dml.kernels import cpu\n"
@@ -217,11 +218,15 @@ def test_apply_threads_gives_the_kernels_their_threads_and_says_where_numba_stop
             "two['kernels'] = cpu.numba_threads()\n"
             "five = apply_threads(5)['numba']\n"
             "five['kernels'] = cpu.numba_threads()\n"
-            "print(json.dumps([two, five]))\n")
+            "import os\n"
+            "print(json.dumps([two, five, os.environ.get('OMP_WAIT_POLICY')]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "NUMBA_NUM_THREADS": "3"}, timeout=120)
+                          env={**env, "NUMBA_NUM_THREADS": "3"}, timeout=120)
     assert done.returncode == 0, done.stderr
-    two, five = json.loads(done.stdout.strip().splitlines()[-1])
+    two, five, wait_policy = json.loads(done.stdout.strip().splitlines()[-1])
+    # Idle OpenMP threads sleep rather than spin on the cores BLAS needs next.
+    assert wait_policy == "PASSIVE"
     assert (two["threads"], two["kernels"], two["started"]) == (2, 2, 3)
     assert (five["threads"], five["kernels"], five["started"]) == (3, 3, 3)
     assert two["layer"] in ("omp", "tbb", "workqueue")

@@ -38,6 +38,12 @@ def apply_threads(n: int) -> dict:
     runs the kernels (``kernels/cpu.py``). Numba cannot go above the threads it started
     with (``NUMBA_NUM_THREADS``, all cores by default); the report says where it stopped.
     """
+    # Numba's OpenMP threads (its threading layer wherever libgomp is found) spin for
+    # milliseconds after each kernel by default, on the cores that the next GEMM's BLAS
+    # threads need: on 2 shared cores, 1 rank x 2 threads trained 2 to 27 times faster
+    # with them asleep at once (BENCHMARKS.md). OpenMP reads it once, when Numba first
+    # starts its threads: in set_num_threads below, unless something started them before.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
