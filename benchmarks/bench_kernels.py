@@ -195,10 +195,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import numba
 
+    from mpi_dml.parallel.threads import apply_threads
+
     thread_counts = [int(t) for t in args.threads.split(",")]
     if max(thread_counts) > numba.config.NUMBA_NUM_THREADS:
         sys.exit(f"--threads {args.threads}: Numba started {numba.config.NUMBA_NUM_THREADS} "
                  f"threads; set NUMBA_NUM_THREADS={max(thread_counts)} before running.")
+    apply_threads(max(thread_counts))  # OpenMP's threads then wait as in training
     sizes = [1 << e for e in range(args.min_log2, args.max_log2 + 1)]
     info = common.machine(("numba",))
     print(f"bench_kernels: {info}")

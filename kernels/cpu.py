@@ -50,18 +50,16 @@ _IDENTITY, _RELU, _TANH = (_ACT_CODE[name] for name in ("identity", "relu", "tan
 @numba.njit(inline="always")
 def _bias_act_body(z, b, code):
     n, k = z.shape
-    # The activation branch sits outside the loops so each inner loop is branch-free.
-    if code == _RELU:
-        for i in numba.prange(n):
+    for i in numba.prange(n):
+        # The activation branch sits outside the inner loops so each is branch-free.
+        if code == _RELU:
             for j in range(k):
                 x = z[i, j] + b[j]
                 z[i, j] = x if x > 0 else 0
-    elif code == _TANH:
-        for i in numba.prange(n):
+        elif code == _TANH:
             for j in range(k):
                 z[i, j] = np.tanh(z[i, j] + b[j])
-    else:
-        for i in numba.prange(n):
+        else:
             for j in range(k):
                 z[i, j] += b[j]
 
