@@ -10,8 +10,8 @@ parameters for the optimisers), in this one process:
    both agree with ``kernels/reference.py`` within float32 tolerance; nothing is timed
    otherwise.
 2. Time the serial path (``MIN_PARALLEL_WORK`` set out of reach) and the threaded path
-   (set to 0) at each thread count, interleaved, median of ``--repeats`` timings of
-   enough calls to fill about a millisecond each.
+   (set to 0) at each thread count, interleaved three times, each the fastest of
+   ``--repeats`` timings of enough calls to fill about a millisecond.
 3. Print microseconds per call, the speed-up, and for each kernel the smallest size from
    which the threaded path wins at every larger size at the first thread count: what
    ``MIN_PARALLEL_WORK`` should be on this machine.
@@ -111,7 +111,9 @@ def validate(sizes, thread_counts) -> list[str]:
 
 
 def time_call(call, repeats: int) -> float:
-    """Median microseconds per call over ``repeats`` timings of about 1 ms each."""
+    """Microseconds per call: the fastest of ``repeats`` timings of about 1 ms each, the
+    kernel's cost while nothing else takes the cores (a Slurm job's cores are its own;
+    on a shared machine the median mostly measures the neighbours)."""
     call()
     t0 = time.perf_counter()
     call()
@@ -123,7 +125,7 @@ def time_call(call, repeats: int) -> float:
         for _ in range(inner):
             call()
         timings.append((time.perf_counter() - t0) / inner)
-    return 1e6 * common.median(timings)
+    return 1e6 * min(timings)
 
 
 def measure(sizes, thread_counts, repeats: int) -> dict:
