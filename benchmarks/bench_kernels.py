@@ -10,8 +10,11 @@ parameters for the optimisers), in this one process:
    both agree with ``kernels/reference.py`` within float32 tolerance; nothing is timed
    otherwise.
 2. Time the serial path (``MIN_PARALLEL_WORK`` set out of reach) and the threaded path
-   (set to 0) at each thread count, interleaved three times, each the fastest of
-   ``--repeats`` timings of enough calls to fill about a millisecond.
+   (set to 0) at each thread count, interleaved three times. As in training, each call
+   follows a GEMM on the rank's BLAS threads (as many as the most threads timed), and
+   the median of ``--repeats`` calls counts: BLAS's idle threads (OpenBLAS's wait
+   spinning for a while) are then on the cores the kernel's threads need.
+   ``--isolated`` times the kernels alone, calls in a row, fastest of the timings.
 3. Print microseconds per call, the speed-up, and for each kernel the smallest size from
    which the threaded path wins at every larger size at the first thread count: what
    ``MIN_PARALLEL_WORK`` should be on this machine.
@@ -110,11 +113,24 @@ def validate(sizes, thread_counts) -> list[str]:
     return failures
 
 
-def time_call(call, repeats: int) -> float:
-    """Microseconds per call: the fastest of ``repeats`` timings of about 1 ms each, the
-    kernel's cost while nothing else takes the cores (a Slurm job's cores are its own;
-    on a shared machine the median mostly measures the neighbours)."""
+def time_call(call, repeats: int, gemm=None) -> float:
+    """Microseconds per call of ``call``.
+
+    With ``gemm`` (training's pattern): the median of ``repeats`` calls, each timed alone
+    right after a GEMM on the rank's BLAS threads, whose idle threads are then still
+    waiting for work on the cores the kernel's threads need. Without (``--isolated``):
+    the fastest of ``repeats`` timings of about 1 ms of calls in a row, the kernel's
+    cost with the cores to itself.
+    """
     call()
+    if gemm is not None:
+        timings = []
+        for _ in range(repeats):
+            gemm()
+            t0 = time.perf_counter()
+            call()
+            timings.append(time.perf_counter() - t0)
+        return 1e6 * common.median(timings)
     t0 = time.perf_counter()
     call()
     per = max(time.perf_counter() - t0, 1e-7)
@@ -128,13 +144,24 @@ def time_call(call, repeats: int) -> float:
     return 1e6 * min(timings)
 
 
-def measure(sizes, thread_counts, repeats: int) -> dict:
+def training_gemm():
+    """The first layer's forward GEMM of bench_train's MLP, 256 rows: what runs between
+    two kernel calls in a training step."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((256, 784), dtype=np.float32)
+    w = rng.standard_normal((784, 512), dtype=np.float32)
+    out = np.empty((256, 512), dtype=np.float32)
+    return lambda: np.matmul(x, w, out=out)
+
+
+def measure(sizes, thread_counts, repeats: int, isolated: bool) -> dict:
     import numba
 
     from mpi_dml import kernels
 
     cpu = kernels.get("cpu")
     kernels.warm_up("cpu", np.float32)
+    gemm = None if isolated else training_gemm()
     results = {}
     for name in NAMES:
         rows = results[name] = []
@@ -144,11 +171,11 @@ def measure(sizes, thread_counts, repeats: int) -> dict:
             for _ in range(3):  # interleaved, so load changes hit every variant alike
                 with cpu.threads_from(None):
                     numba.set_num_threads(1)
-                    row["serial_us"].append(time_call(call, repeats))
+                    row["serial_us"].append(time_call(call, repeats, gemm))
                 with cpu.threads_from(0):
                     for t in thread_counts:
                         numba.set_num_threads(t)
-                        row[f"threads_{t}_us"].append(time_call(call, repeats))
+                        row[f"threads_{t}_us"].append(time_call(call, repeats, gemm))
             for key in list(row):
                 if key != "work":
                     row[key] = min(row[key])
@@ -192,7 +219,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="2", help="thread counts to time (default 2)")
     ap.add_argument("--min-log2", type=int, default=10, help="smallest size, log2 (default 10)")
     ap.add_argument("--max-log2", type=int, default=21, help="largest size, log2 (default 21)")
-    ap.add_argument("--repeats", type=int, default=5, help="timings per variant (default 5)")
+    ap.add_argument("--repeats", type=int, default=21,
+                    help="timed calls (--isolated: timings) per variant and round (default 21)")
+    ap.add_argument("--isolated", action="store_true",
+                    help="time calls in a row, no GEMM between them: the kernels alone")
     ap.add_argument("--json", default="", help="write every figure to this JSON file")
     args = ap.parse_args(argv)
     import numba
@@ -212,7 +242,7 @@ def main(argv=None) -> int:
         print("VALIDATION FAILED, nothing timed:\n  " + "\n  ".join(failures))
         return 1
     print(f"validation: PASS (threading layer {numba.threading_layer()})")
-    results = measure(sizes, thread_counts, args.repeats)
+    results = measure(sizes, thread_counts, args.repeats, args.isolated)
     print(report(results, thread_counts))
     print(f"\n1-minute load average: {info['load_avg_1min']} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end")

@@ -30,17 +30,23 @@ _CHUNK_ELEMENTS = 2048
 _MAX_CHUNKS = 64
 
 # Elements (rows x columns; parameters for the optimisers) from which a kernel runs on
-# the thread pool: where 2 threads start to beat one on 2 cores with OpenMP, rounded up
-# to a power of 2 (benchmarks/bench_kernels.py; BENCHMARKS.md has the figures).
+# the thread pool, measured as training runs the kernels: right after a GEMM on the
+# rank's BLAS threads (benchmarks/bench_kernels.py at 2 threads, 2-core VM, 2026-11-30;
+# BENCHMARKS.md). OpenBLAS's idle threads spin for about 0.1 s after each GEMM, on the
+# cores the kernel's threads need, so most kernels found no size up to 2^22 at which 2
+# threads beat one there (1 << 23 below: never, in practice); the branchy hinge loss
+# did from 2^13-2^14, softmax from 2^21-2^22. Timed alone, with no GEMM before them,
+# they pay from 2^13 to 2^21. Re-measure on the nodes that train: the figures depend on
+# the cores, the BLAS and how its idle threads wait.
 MIN_PARALLEL_WORK = {
-    "bias_act_forward": 1 << 15,
-    "act_backward": 1 << 15,
-    "softmax_xent": 1 << 12,
-    "logistic_loss_grad": 1 << 13,
+    "bias_act_forward": 1 << 23,
+    "act_backward": 1 << 23,
+    "softmax_xent": 1 << 22,
+    "logistic_loss_grad": 1 << 23,
     "hinge_loss_grad": 1 << 14,
-    "squared_loss_grad": 1 << 14,
-    "sgd_update": 1 << 15,
-    "adam_update": 1 << 14,
+    "squared_loss_grad": 1 << 23,
+    "sgd_update": 1 << 23,
+    "adam_update": 1 << 23,
 }
 
 
