@@ -86,12 +86,6 @@ def warm_up(backend, dtype):
     for decoupled in (False, True):
         kernels.adam_update(vec(k), vec(k), vec(k), vec(k), 1e-3, 0.9, 0.999, 1e-8, 1,
                             0.0, decoupled, 0.0, mask, 0.5)
-    # With several threads, large batches take the cpu kernels' threaded versions (a
-    # compilation each): the same calls again, every kernel made to take them.
-    threaded_already = backend == "cpu" and not min(kernels.MIN_PARALLEL_WORK.values())
-    if backend == "cpu" and not threaded_already and kernels.numba_threads() > 1:
-        with kernels.threads_from(0):
-            warm_up(backend, dtype)
 
 
 def _to_device(array):

@@ -21,8 +21,9 @@ calling thread's Numba threads (``numba.set_num_threads``; ``parallel.threads`` 
 the rank's share of the cores). The wrapper takes the threaded one when the call has at
 least ``MIN_PARALLEL_WORK[name]`` elements and the thread has more than one thread
 (``cpu_threads.py``): below that, waking the threads costs more than they save
-(measured with ``benchmarks/bench_kernels.py``). A rank with one thread never compiles
-a threaded kernel (about 1 s each, cold).
+(measured with ``benchmarks/bench_kernels.py``). ``warm_up`` compiles the plain kernels
+only: a threaded one compiles the first time a call takes it (about 1 s, once: Numba's
+cache keeps it), which the thresholds make rare, and never on a rank with one thread.
 
 Sums over rows (loss sums, correct counts, bias gradients) are taken per chunk of rows,
 and the partial sums are added in chunk order afterwards; chunk bounds depend only on

@@ -120,9 +120,6 @@ def bits_report() -> dict:
     cpu = kernels.get("cpu")
     differ = []
     for dtype in (np.float32, np.float64):
-        # What a rank with several threads compiles first: plain and threaded kernels.
-        numba.set_num_threads(max(THREADS))
-        kernels.warm_up("cpu", dtype)
         for name, call in cases(dtype):
             _set_limits(cpu, 1 << 62)  # out of reach: the serial path
             numba.set_num_threads(1)
