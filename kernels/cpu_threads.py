@@ -64,7 +64,7 @@ def _threaded(name, work):
 @contextlib.contextmanager
 def threads_from(work):
     """Inside, every kernel takes the thread pool from ``work`` elements on (0: always,
-    None: never), whatever ``MIN_PARALLEL_WORK`` says; for warm-up, tests and benchmarks.
+    None: never), whatever ``MIN_PARALLEL_WORK`` says; for tests and benchmarks.
     The thresholds are module-wide: nothing may call a kernel from another thread then."""
     saved = dict(MIN_PARALLEL_WORK)
     MIN_PARALLEL_WORK.update(dict.fromkeys(saved, 1 << 62 if work is None else work))
