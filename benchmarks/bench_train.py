@@ -2,6 +2,7 @@
 
     $ python benchmarks/bench_train.py                          # 1 and 2 ranks, 5 repeats
     $ python benchmarks/bench_train.py --ranks 1,2,4 --steps 60 --repeats 7 --json out.json
+    $ python benchmarks/bench_train.py --section threads        # 1 rank x 2 threads vs 2 x 1
     $ python benchmarks/bench_train.py --device gpu             # on a GPU: see gpu_train.py
 
 The driver (plain ``python``, no MPI of its own) does, in order:
@@ -26,6 +27,10 @@ The driver (plain ``python``, no MPI of its own) does, in order:
    kernels, optimizer, gradient Allreduce and GEMMs + glue.
 4. Print a table with the medians, the ratio and the targets (PASS/MISS; the exit
    status is 0 either way; it is 1 only if validation or a run fails).
+5. Then (``--section all``, the default, or ``threads`` alone, which needs no torch):
+   one rank with 2 threads against 2 ranks with one thread on the same training,
+   validated to give the same model first (``train_layouts.py``; ``--layouts`` for
+   others, such as 1x8,8x1).
 
 Config: 784-512-512-10 ReLU MLP, float32, 256 samples per rank per step (the global
 batch, which is what mpi_dml's ``batch_size`` means, is 256 x P), SGD lr 0.01 momentum
@@ -36,31 +41,21 @@ default 1024 shards each rank's share of a batch varies by a few percent).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from train_workers import (LAYERS, LR, MOMENTUM, N_CLASSES, N_FEATURES, PER_RANK,  # noqa: E402
+from train_workers import (LAYERS, LR, MOMENTUM, N_CLASSES, PER_RANK,  # noqa: E402
                            flops_per_sample, validate, worker_gemm, worker_mpi_dml,
-                           worker_profile, worker_torch)
+                           worker_profile, worker_torch, write_data)
 
 TARGET_RATIO = 1.5      # mpi_dml samples/s over torch DDP samples/s, at 2 ranks
 TARGET_ROOFLINE = 0.70  # achieved GFLOP/s per rank over numpy GEMM GFLOP/s
-
-
-
-def write_data(path: Path, n_rows: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    table = np.empty((n_rows, N_FEATURES + 1), dtype=np.float32)
-    table[:, :N_FEATURES] = rng.standard_normal((n_rows, N_FEATURES), dtype=np.float32)
-    table[:, N_FEATURES] = rng.integers(0, N_CLASSES, n_rows)
-    np.save(path, table)
 
 
 def launch(kind: str, ranks: int, data: Path, args, tmp: Path) -> dict:
@@ -232,12 +227,21 @@ def parse_args(argv=None):
                          "(default 127.0.0.1: one node; give this host's name for several)")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the extra mpi_dml run that splits a step's time by phase")
+    ap.add_argument("--section", choices=("all", "torch", "threads"), default="all",
+                    help="cpu: torch (against torch DDP by rank count), threads (1 rank x T "
+                         "threads against T ranks x 1 thread, train_layouts.py), or all "
+                         "(default; the threads section needs no torch)")
+    ap.add_argument("--layouts", default="1x2,2x1",
+                    help="threads section: RANKSxTHREADS layouts over the same cores "
+                         "(default 1x2,2x1)")
     ap.add_argument("--worker", choices=("mpi_dml", "torch", "gemm", "profile", "gpu_validate",
                                          "gpu_mpi_dml", "gpu_torch", "gpu_gemm"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--rank-threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name, value in DEFAULTS[args.device].items():
         if getattr(args, name) is None:
@@ -261,7 +265,16 @@ def main(argv=None) -> int:
     if args.device == "gpu":
         import gpu_train
         return gpu_train.drive(args)
-    return drive(args)
+    status = 0
+    if args.section == "all" and importlib.util.find_spec("torch") is None:
+        print("torch section skipped: PyTorch is not installed (pip install torch)")
+    elif args.section in ("all", "torch"):
+        status = drive(args)
+    if args.section in ("all", "threads"):
+        import train_layouts
+        print()
+        status = max(status, train_layouts.drive(args))
+    return status
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ ONE_THREAD = {
 }
 
 
+def threads_env(n: int) -> dict:
+    """``ONE_THREAD`` with ``n`` threads instead: for ranks given ``--threads n``. Numba
+    cannot go above the threads it started with (NUMBA_NUM_THREADS), nor BLAS reliably."""
+    return {var: str(n) for var in ONE_THREAD if var != "PYTHONUNBUFFERED"}
+
+
 def mpiexec() -> str:
     """The mpiexec that belongs to this Python's mpi4py (the venv's), else PATH's."""
     beside = Path(sys.executable).parent / "mpiexec"

@@ -45,6 +45,15 @@ def step_gemms(batch: int, layers=LAYERS):
     return out
 
 
+def write_data(path: Path, n_rows: int, seed: int = 0):
+    """``n_rows`` of random normal features and a label 0-9 in column "784", as ``.npy``."""
+    rng = np.random.default_rng(seed)
+    table = np.empty((n_rows, N_FEATURES + 1), dtype=np.float32)
+    table[:, :N_FEATURES] = rng.standard_normal((n_rows, N_FEATURES), dtype=np.float32)
+    table[:, N_FEATURES] = rng.integers(0, N_CLASSES, n_rows)
+    np.save(path, table)
+
+
 # --- validation -------------------------------------------------------------------------
 def validate(seed: int = 0) -> list[str]:
     """Two SGD-momentum steps in both frameworks from identical weights and batches.
@@ -202,14 +211,17 @@ def worker_profile(args):
 
 
 def _engine_config(args, comm):
+    """256 rows a rank and one thread, or ``--batch`` (global) rows and ``--rank-threads``
+    (the thread layouts' runs); shards = the global batch, so each batch is one round."""
     from mpi_dml.config import TrainConfig
 
+    batch = getattr(args, "batch", None) or PER_RANK * comm.size
     return TrainConfig(
         data=args.data, label_column=str(N_FEATURES), out=args.out, model="mlp",
         hidden=tuple(b for _, b in LAYERS[:-1]), activation="relu", num_classes=N_CLASSES,
-        optimizer="sgd", lr=LR, momentum=MOMENTUM, batch_size=PER_RANK * comm.size,
-        epochs=args.epochs, seed=0, dtype="float32", shards=PER_RANK * comm.size,
-        threads=1, progress="none")
+        optimizer="sgd", lr=LR, momentum=MOMENTUM, batch_size=batch,
+        epochs=args.epochs, seed=0, dtype="float32", shards=batch,
+        threads=getattr(args, "rank_threads", None) or 1, progress="none")
 
 
 def worker_torch(args):

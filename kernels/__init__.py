@@ -4,7 +4,8 @@ Every backend is a module that defines the same functions (``NAMES``) with the s
 signatures and results:
 
 * ``reference`` - plain NumPy, written to be read; it defines what "correct" means.
-* ``cpu``       - Numba ``@njit`` kernels, serial and fused; the default.
+* ``cpu``       - Numba ``@njit`` kernels, fused, on the calling thread's Numba threads
+                  for large batches; the default.
 * ``cuda``      - Numba ``@cuda.jit`` kernels over device arrays (CuPy arrays on a
                   GPU, NumPy arrays under ``NUMBA_ENABLE_CUDASIM=1``).
 

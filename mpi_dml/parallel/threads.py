@@ -32,12 +32,24 @@ def threads_per_rank(requested: int, ranks_sharing_cpus: int, *, environ=None,
 
 
 def apply_threads(n: int) -> dict:
-    """Limit BLAS/OpenMP and Numba to ``n`` threads in this process; report what is set."""
+    """Limit BLAS/OpenMP and Numba to ``n`` threads in this process; report what is set.
+
+    Numba's count is thread-local: it holds for the calling thread, the one that then
+    runs the kernels (``kernels/cpu.py``). Numba cannot go above the threads it started
+    with (``NUMBA_NUM_THREADS``, all cores by default); the report says where it stopped.
+    """
+    # Numba's OpenMP threads (its threading layer wherever libgomp is found) spin for
+    # milliseconds after each kernel by default, on the cores that the next GEMM's BLAS
+    # threads need: on 2 shared cores, 1 rank x 2 threads trained 2 to 27 times faster
+    # with them asleep at once (BENCHMARKS.md). OpenMP reads it once, when Numba first
+    # starts its threads: in set_num_threads below, unless something started them before.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threadpool_limits(limits=n)
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    numba_threads = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(numba_threads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)  # for any library loaded after this point
     # pyarrow (Parquet) sizes its pool from OMP_NUM_THREADS when it loads; one already
@@ -48,4 +60,6 @@ def apply_threads(n: int) -> dict:
         "threads_per_rank": n,
         "blas": [{"library": p.get("internal_api"), "threads": p.get("num_threads")}
                  for p in threadpool_info()],
+        "numba": {"threads": numba_threads, "started": numba.config.NUMBA_NUM_THREADS,
+                  "layer": numba.threading_layer()},
     }
