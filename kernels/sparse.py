@@ -35,8 +35,17 @@ def is_host_csr(x) -> bool:
 
 
 def _as_csr(x):
-    """SciPy rows in another sparse format (CSC, COO) as CSR; anything else as given."""
-    return x.tocsr() if scipy.sparse.issparse(x) and x.format != "csr" else x
+    """SciPy rows in another sparse format (CSC, COO) as CSR, with int32 indices where
+    they fit (as the readers give them), so the kernels compile for one index type in
+    practice; anything else as given."""
+    if not scipy.sparse.issparse(x):
+        return x
+    if x.format != "csr":
+        x = x.tocsr()
+    if x.indices.dtype != np.int32 and max(x.nnz, x.shape[1]) < 2**31:
+        x = scipy.sparse.csr_matrix((x.data, x.indices.astype(np.int32),
+                                     x.indptr.astype(np.int32)), shape=x.shape, copy=False)
+    return x
 
 
 # --- X @ W ----------------------------------------------------------------------------
@@ -171,6 +180,7 @@ def t_matmul(x, d, n_cols, *, columns=None, out=None):
 
 def touched(x, xp=np):
     """The sorted distinct columns ``x`` uses: the first-layer rows a batch touches."""
+    x = _as_csr(x)
     return sorted_unique(x.indices, xp, n_cols=x.shape[1])
 
 
