@@ -278,40 +278,31 @@ def _lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, wd, shrink, scale)
         last[r] = now
 
 
+@numba.njit(inline="always")
+def _catch_up_row(w, r, last, hist_a, hist_s, now):
+    """Row ``r`` of ``w`` brought to clock ``now`` (decay and L1 of the steps it missed)."""
+    was = last[r]
+    if was == now:
+        return
+    ratio = hist_a[now] / hist_a[was]
+    off = hist_a[now] * (hist_s[now] - hist_s[was])
+    for j in range(w.shape[1]):
+        p = w[r, j]
+        u = abs(np.float64(p)) * ratio - off
+        w[r, j] = w.dtype.type(np.copysign(u if u > 0 else 0.0, p))
+    last[r] = now
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _lazy_catch_up(w, last, hist_a, hist_s, now):
-    """Every row of ``w`` brought to clock ``now`` (decay and L1 of the steps it missed)."""
-    a_now = hist_a[now]
-    s_now = hist_s[now]
     for r in range(w.shape[0]):
-        was = last[r]
-        if was == now:
-            continue
-        ratio = a_now / hist_a[was]
-        off = a_now * (s_now - hist_s[was])
-        for j in range(w.shape[1]):
-            p = w[r, j]
-            u = abs(np.float64(p)) * ratio - off
-            w[r, j] = w.dtype.type(np.copysign(u if u > 0 else 0.0, p))
-        last[r] = now
+        _catch_up_row(w, r, last, hist_a, hist_s, now)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _lazy_catch_up_rows(w, rows, last, hist_a, hist_s, now):
-    a_now = hist_a[now]
-    s_now = hist_s[now]
     for q in range(rows.shape[0]):
-        r = rows[q]
-        was = last[r]
-        if was == now:
-            continue
-        ratio = a_now / hist_a[was]
-        off = a_now * (s_now - hist_s[was])
-        for j in range(w.shape[1]):
-            p = w[r, j]
-            u = abs(np.float64(p)) * ratio - off
-            w[r, j] = w.dtype.type(np.copysign(u if u > 0 else 0.0, p))
-        last[r] = now
+        _catch_up_row(w, rows[q], last, hist_a, hist_s, now)
 
 
 def lazy_sgd_rows(w, rows, g, last, hist_a, hist_s, now, lr, weight_decay, l1, grad_scale):

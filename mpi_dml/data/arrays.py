@@ -28,6 +28,26 @@ def label_name(names) -> str:
     return name
 
 
+def held_rows(comm, n_local: int) -> list[tuple[int, int]]:
+    """Collective: the global ``[start, stop)`` rows each rank holds, in rank order."""
+    counts = comm.allgather(int(n_local), what="rows held")
+    starts = np.concatenate(([0], np.cumsum(counts))).astype(int)
+    return [(int(starts[r]), int(starts[r + 1])) for r in range(comm.size)]
+
+
+def labels_of(x, y) -> np.ndarray:
+    """``y`` as one label per row of ``x`` (zeros when there are none)."""
+    y = np.zeros(x.shape[0]) if y is None else np.asarray(y).reshape(-1)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} rows but x has {x.shape[0]}")
+    return y
+
+
+def where_held(path, held, row: int) -> str:
+    rank = next(r for r, (a, b) in enumerate(held) if a <= row < b)
+    return f"{path}: row {row - held[rank][0]} of rank {rank}"
+
+
 class ArrayTable(Table):
     """``x`` (rows x features) and ``y`` (one per row, or None) of this rank.
 
@@ -45,19 +65,14 @@ class ArrayTable(Table):
         label = label or label_name(names)
         if label in names:
             raise ValueError(f"the label's name {label!r} is also a feature's")
-        counts = comm.allgather(int(x.shape[0]), what="rows held")
-        super().__init__(path, comm, [*names, label], int(sum(counts)),
+        self._held = held_rows(comm, x.shape[0])
+        super().__init__(path, comm, [*names, label], self._held[-1][1],
                          feature_columns=names)
         self._x = x
-        self._y = np.zeros(x.shape[0]) if y is None else np.asarray(y).reshape(-1)
-        if self._y.shape[0] != x.shape[0]:
-            raise ValueError(f"y has {self._y.shape[0]} rows but x has {x.shape[0]}")
-        starts = np.concatenate(([0], np.cumsum(counts)))
-        self._held = [(int(starts[r]), int(starts[r + 1])) for r in range(comm.size)]
+        self._y = labels_of(x, y)
 
     def where(self, row: int) -> str:
-        rank = next(r for r, (a, b) in enumerate(self._held) if a <= row < b)
-        return f"{self.path}: row {row - self._held[rank][0]} of rank {rank}"
+        return where_held(self.path, self._held, row)
 
     def _prepare(self, lo, hi, ranges, cols):
         start, stop = self._held[self.comm.rank]
@@ -104,19 +119,14 @@ class SparseArrayTable:
         x = sp.csr_matrix(x, dtype=np.float64)
         x.sum_duplicates()  # sorted, unique column indices in every row
         self.path, self.comm = path, comm
-        counts = comm.allgather(int(x.shape[0]), what="rows held")
-        self.n_rows = int(sum(counts))
+        self._held = held_rows(comm, x.shape[0])
+        self.n_rows = self._held[-1][1]
         self.n_features = int(x.shape[1])
         self._x = x
-        self._y = np.zeros(x.shape[0]) if y is None else np.asarray(y, np.float64).reshape(-1)
-        if self._y.shape[0] != x.shape[0]:
-            raise ValueError(f"y has {self._y.shape[0]} rows but x has {x.shape[0]}")
-        starts = np.concatenate(([0], np.cumsum(counts)))
-        self._held = [(int(starts[r]), int(starts[r + 1])) for r in range(comm.size)]
+        self._y = np.asarray(labels_of(x, y), np.float64)
 
     def where(self, row: int) -> str:
-        rank = next(r for r, (a, b) in enumerate(self._held) if a <= row < b)
-        return f"{self.path}: row {row - self._held[rank][0]} of rank {rank}"
+        return where_held(self.path, self._held, row)
 
     def rows(self, lo: int, hi: int) -> "_SparseRows":
         """Collective: global rows ``[lo, hi)`` of every rank, moved to the ranks that
