@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from .algorithms.optimizers import OPTIMIZERS
+from .algorithms.optimizers import OPTIMIZERS, SOLVERS
 from .algorithms.schedules import SCHEDULES
 from .devices import DEVICES, ROW_PLACEMENTS
 from .devices.gpu_exchange import EXCHANGES as GPU_EXCHANGES
@@ -49,7 +49,21 @@ def setting(default, help: str, *, applies=None):
 
 _MLP_ONLY = (lambda c: c.model == "mlp", lambda c: f"model {c.model} has no hidden layers")
 _SGD_ONLY = (lambda c: c.optimizer == "sgd", lambda c: f"they apply to sgd, not {c.optimizer}")
-_ADAM_ONLY = (lambda c: c.optimizer != "sgd", lambda c: "they apply to adam and adamw")
+_ADAM_ONLY = (lambda c: c.optimizer in ("adam", "adamw"),
+              lambda c: "they apply to adam and adamw")
+# Full-batch L-BFGS has no batches, epochs or learning rate; its warm start (SGD epochs
+# before it) takes a learning rate and a batch size.
+_LBFGS_ONLY = (lambda c: c.optimizer == "lbfgs", lambda c: "they apply to --optimizer lbfgs")
+_MINIBATCH = (lambda c: c.optimizer != "lbfgs",
+              lambda c: "--optimizer lbfgs runs full passes over the data until --tol or "
+                        "--max-iter")
+_STEPPED = (lambda c: c.optimizer != "lbfgs" or c.warm_start_epochs > 0,
+            lambda c: "--optimizer lbfgs takes no steps of a learning rate (but for "
+                      "--warm-start-epochs)")
+# What --tol means to L-BFGS when not given: relative changes at 1e-9 put the objective
+# within about 1e-9 of the optimum in float64 (float32 stops at its own rounding).
+LBFGS_TOL = 1e-9
+SVM_LOSSES = ("auto", "hinge", "squared_hinge")
 _STEP_ONLY = (lambda c: c.schedule == "step", lambda c: "they apply to the step schedule")
 _ON_GPU = (lambda c: c.device != "cpu", lambda c: "they apply to --device gpu or auto")
 _CLASS_COUNT = (lambda c: c.model not in ("logistic", "svm") and c.is_classifier,
@@ -133,9 +147,14 @@ class NetworkSettings:
     num_classes: int = setting(0, "number of classes (default: largest label + 1)",
                                applies=_CLASS_COUNT)
     dtype: str = setting("float32", "float32 or float64")
+    loss: str = setting("auto", "svm: hinge or squared_hinge (auto: squared_hinge under "
+                                "--optimizer lbfgs, which needs a smooth loss; else hinge)",
+                        applies=(lambda c: c.model == "svm",
+                                 lambda c: f"model {c.model} has one loss"))
 
     def validate(self, cfg, world_size, files):
         _choice(self, "model", MODELS)
+        _choice(self, "loss", SVM_LOSSES)
         _choice(self, "task", TASKS)
         _choice(self, "activation", HIDDEN_ACTIVATIONS)
         _choice(self, "dtype", DTYPES)
@@ -151,10 +170,12 @@ class NetworkSettings:
 
 @dataclass
 class SolverSettings:
-    """The training algorithm: minibatch gradient descent, its optimizer and schedule."""
+    """The training algorithm: minibatch gradient descent, its optimizer and schedule, or
+    full-batch L-BFGS (OWL-QN with --l1)."""
 
-    optimizer: str = setting("sgd", "sgd, adam or adamw")
-    lr: float = setting(0.01, "learning rate (the peak, after warm-up)")
+    optimizer: str = setting("sgd", "sgd, adam, adamw, or lbfgs (full batch; OWL-QN with "
+                                    "--l1)")
+    lr: float = setting(0.01, "learning rate (the peak, after warm-up)", applies=_STEPPED)
     momentum: float = setting(0.0, "sgd momentum", applies=_SGD_ONLY)
     nesterov: bool = setting(False, "Nesterov momentum (sgd)", applies=_SGD_ONLY)
     beta1: float = setting(0.9, "adam beta1", applies=_ADAM_ONLY)
@@ -162,21 +183,32 @@ class SolverSettings:
     eps: float = setting(1e-8, "adam epsilon", applies=_ADAM_ONLY)
     weight_decay: float = setting(0.0, "L2 penalty on weights (decoupled for adamw)")
     l1: float = setting(0.0, "L1 penalty on weights (a proximal step after each update)")
-    schedule: str = setting("constant", "constant, step or cosine")
-    warmup_steps: int = setting(0, "linear warm-up steps")
+    schedule: str = setting("constant", "constant, step or cosine", applies=_MINIBATCH)
+    warmup_steps: int = setting(0, "linear warm-up steps", applies=_MINIBATCH)
     step_epochs: int = setting(10, "step schedule: epochs between decays", applies=_STEP_ONLY)
     gamma: float = setting(0.1, "step schedule: decay factor", applies=_STEP_ONLY)
-    batch_size: int = setting(64, "GLOBAL batch size, split across ranks")
-    epochs: int = setting(10, "passes over the training data (the most, with --tol)")
+    batch_size: int = setting(64, "GLOBAL batch size, split across ranks", applies=_STEPPED)
+    epochs: int = setting(10, "passes over the training data (the most, with --tol)",
+                          applies=_MINIBATCH)
     tol: float = setting(0.0, "stop once the training loss has improved by less than this "
-                              "for --n-iter-no-change epochs in a row (0: run every epoch)")
+                              "for --n-iter-no-change epochs in a row (0: run every epoch); "
+                              "lbfgs: once the gradient norm has fallen by this factor from "
+                              "its start, or the objective changed by less than this "
+                              f"fraction in an iteration (default {LBFGS_TOL:g}; > 0)")
     n_iter_no_change: int = setting(10, "epochs without an improvement of --tol before "
-                                        "stopping", applies=(lambda c: c.tol > 0,
-                                                             lambda c: "they apply with --tol"))
+                                        "stopping",
+                                    applies=(lambda c: c.tol > 0 and c.optimizer != "lbfgs",
+                                             lambda c: "they apply with --tol, to sgd, "
+                                                       "adam and adamw"))
+    max_iter: int = setting(100, "lbfgs: iterations at most", applies=_LBFGS_ONLY)
+    history: int = setting(10, "lbfgs: (step, gradient change) pairs kept",
+                           applies=_LBFGS_ONLY)
+    warm_start_epochs: int = setting(0, "lbfgs: epochs of plain SGD (--lr, --batch-size) "
+                                        "before it", applies=_LBFGS_ONLY)
     seed: int = setting(0, "seed for initialisation, shuffling and validation split")
 
     def validate(self, cfg, world_size, files):
-        _choice(self, "optimizer", OPTIMIZERS)
+        _choice(self, "optimizer", SOLVERS)
         _choice(self, "schedule", SCHEDULES)
         _check(self.lr > 0 and math.isfinite(self.lr), "lr", "be > 0", self.lr)
         _check(0 <= self.momentum < 1, "momentum", "be in [0, 1)", self.momentum)
@@ -195,8 +227,20 @@ class SolverSettings:
         _check(self.n_iter_no_change >= 1, "n_iter_no_change", "be >= 1",
                self.n_iter_no_change)
         _check(self.batch_size >= 1, "batch_size", "be >= 1", self.batch_size)
-        _check(self.batch_size >= world_size, "batch_size",
-               f"be >= the number of ranks ({world_size})", self.batch_size)
+        if self.optimizer != "lbfgs" or self.warm_start_epochs:
+            _check(self.batch_size >= world_size, "batch_size",
+                   f"be >= the number of ranks ({world_size})", self.batch_size)
+        _check(self.max_iter >= 1, "max_iter", "be >= 1", self.max_iter)
+        _check(self.history >= 1, "history", "be >= 1", self.history)
+        _check(self.warm_start_epochs >= 0, "warm_start_epochs", "be >= 0",
+               self.warm_start_epochs)
+        if self.optimizer == "lbfgs":
+            _check(self.tol > 0, "tol", "be > 0 with optimizer lbfgs (the relative change "
+                   "at which it stops)", self.tol)
+            _check(model_loss(cfg) != "hinge", "optimizer",
+                   "be sgd, adam or adamw for the hinge loss of model svm, which is not "
+                   "differentiable (lbfgs solves the svm with --loss squared_hinge)",
+                   self.optimizer)
         _check(0 <= self.seed < SEED_LIMIT, "seed", "be in [0, 2**63)", self.seed)
 
 
@@ -265,6 +309,8 @@ class TrainConfig:
             if name not in FIELDS:
                 raise TypeError(f"TrainConfig got an unknown setting {name!r}")
             setattr(self, name, value)
+        if self.optimizer == "lbfgs" and "tol" not in values:
+            self.tol = LBFGS_TOL  # 0, the default, turns early stopping off for SGD
         self.normalize()
 
     def normalize(self):
@@ -318,6 +364,15 @@ def _section_property(name: str, section: str) -> property:
 for _name, (_section, _) in FIELDS.items():
     setattr(TrainConfig, _name, _section_property(_name, _section))
 DEFAULTS = TrainConfig().to_dict()
+
+
+def model_loss(cfg) -> str | None:
+    """The loss an svm trains with (``loss`` resolved), or None for the other models."""
+    if cfg.model != "svm":
+        return None
+    if cfg.loss == "auto":
+        return "squared_hinge" if cfg.optimizer == "lbfgs" else "hinge"
+    return cfg.loss
 
 
 def _check(ok, name, rule, value):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # minibatch optimizers
+SOLVERS = OPTIMIZERS + ("lbfgs",)       # every --optimizer: these and full-batch L-BFGS
 
 
 class Optimizer:
