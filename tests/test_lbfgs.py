@@ -291,3 +291,16 @@ def test_settings_lbfgs_does_not_use_are_named_once():
     warm = TrainConfig(optimizer="lbfgs", warm_start_epochs=2, lr=0.1)
     assert ignored_settings(warm, {"lr", "batch_size"}) == []
     assert TrainConfig(optimizer="lbfgs", tol=1e-4).tol == 1e-4
+
+
+def test_progress_names_warm_start_epochs_and_iterations_apart():
+    import io
+
+    from mpi_dml.engine.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress("lines", 3, 4, enabled=True, stream=out, period_name="iteration")
+    progress.period(0, {"epoch": 0, "train_loss": 1.0})
+    progress.period(0, {"iteration": 0, "train_loss": 0.5, "objective": 0.6})
+    assert out.getvalue().splitlines() == [
+        "epoch 1  loss 1.0000", "iteration 1/3  loss 0.5000  objective 0.6000"]

@@ -78,7 +78,7 @@ class LBFGS(Algorithm):
             self.params = self.warm.params  # one iterate, moved by SGD and then by L-BFGS
         else:
             self.params = dev.from_host(np.array(params))
-        self.periods = solver.warm_start_epochs + self.max_iter
+        self.periods = self.max_iter  # iterations; warm-start epochs are counted apart
         n, dtype = model.size, params.dtype
         self.dtype = np.dtype(dtype)
         self.grad = dev.zeros(n, dtype)       # the smooth part's gradient at params
