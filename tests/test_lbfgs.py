@@ -304,3 +304,42 @@ def test_progress_names_warm_start_epochs_and_iterations_apart():
     progress.period(0, {"iteration": 0, "train_loss": 0.5, "objective": 0.6})
     assert out.getvalue().splitlines() == [
         "epoch 1  loss 1.0000", "iteration 1/3  loss 0.5000  objective 0.6000"]
+
+
+def test_an_mlp_is_driven_to_a_stationary_point_of_its_objective():
+    """Not convex: the point depends on the start, but the objective's gradient (by
+    finite differences of a NumPy forward pass) must vanish there."""
+    from mpi_dml.api.run import fit_arrays
+    from mpi_dml.config import TrainConfig
+    from mpi_dml.data.arrays import LABEL
+
+    x, y = logistic_data(n=200, d=3)
+    x = (x - x.mean(0)) / x.std(0)
+    wd = 1e-2
+    cfg = TrainConfig(model="mlp", hidden=(4,), activation="tanh", optimizer="lbfgs",
+                      weight_decay=wd, dtype="float64", tol=1e-13, max_iter=1000,
+                      label_column=LABEL, progress="none", device="cpu", seed=5)
+    engine = fit_arrays(cfg, x, y)
+    named = engine.model.named(engine.params)
+    shapes = [(k, named[k].shape) for k in ("layers.0.weight", "layers.0.bias",
+                                            "layers.1.weight", "layers.1.bias")]
+
+    def f(flat):
+        parts, at = {}, 0
+        for key, shape in shapes:
+            size = int(np.prod(shape))
+            parts[key], at = flat[at:at + size].reshape(shape), at + size
+        h = np.tanh(x @ parts["layers.0.weight"] + parts["layers.0.bias"])
+        z = h @ parts["layers.1.weight"] + parts["layers.1.bias"]
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss = -np.mean(log_p[np.arange(len(y)), y.astype(int)])
+        w = np.concatenate([parts["layers.0.weight"].ravel(), parts["layers.1.weight"].ravel()])
+        return loss + 0.5 * wd * w @ w
+
+    flat = np.concatenate([named[k].ravel() for k, _ in shapes])
+    assert f(flat) == pytest.approx(engine.history[-1]["objective"], rel=1e-12)
+    h = 1e-6
+    grad = np.array([(f(flat + h * e) - f(flat - h * e)) / (2 * h) for e in np.eye(flat.size)])
+    assert np.linalg.norm(grad) <= 1e-6
+    assert engine.history[-1]["objective"] < engine.history[0]["objective"]
