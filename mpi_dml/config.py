@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from .algorithms.optimizers import OPTIMIZERS, SOLVERS
+from .algorithms.optimizers import SOLVERS
 from .algorithms.schedules import SCHEDULES
 from .devices import DEVICES, ROW_PLACEMENTS
 from .devices.gpu_exchange import EXCHANGES as GPU_EXCHANGES
