@@ -165,12 +165,13 @@ def test_an_mlp_trains_with_lbfgs_on_its_objective():
 @pytest.mark.mpi
 def test_three_uneven_ranks_reach_the_one_rank_optimum(tmp_path):
     """(a) and (d) at 3 ranks: the objective within 1e-9 of 1 rank's and of the
-    reference, the weights within 1e-9 of 1 rank's with the same zeros, and the
-    ConvergenceWarning on every rank. Both at tol=TIGHT_TOL, to be within 1e-9."""
+    reference, the weights within 1e-9 of 1 rank's with the same zeros, and a
+    ConvergenceWarning on every rank (L-BFGS's and Adam's). Both at tol=TIGHT_TOL, to be within 1e-9."""
     done = run_mpi(3, ["-m", "mpi4py", SCRIPT, tmp_path], timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     got = np.load(tmp_path / "fits.npz")
     np.testing.assert_array_equal(got["warned"], [True, True, True])
+    np.testing.assert_array_equal(got["warned_adam"], [True, True, True])
     np.testing.assert_array_equal(got["rows"], [300, 69, 200])
     for name, make in (("logistic_l2", _logistic_l2), ("elastic_net_logistic", _elastic_net)):
         x, y, est, objective, solve = make()

@@ -4,10 +4,11 @@
 
 Each of 3 ranks takes an uneven share of the (standardized) breast cancer rows, in
 rank order: 300, 69 and 200. It fits the L2 logistic regression (C = 1) and the
-elastic net of the test at tol=TIGHT_TOL, checks that every rank holds the same model bit for bit,
-and fits once more with max_iter=2, recording whether a ConvergenceWarning came on
-this rank. Rank 0 writes OUT/fits.npz: each model's coef and intercept, the rows of
-each rank and every rank's warning flag. A rank whose model differs aborts the job.
+elastic net of the test at tol=TIGHT_TOL, checks that every rank holds the same model
+bit for bit, and fits twice more, stopped by max_iter (L-BFGS after 2 iterations, Adam
+after 1 epoch), recording whether a ConvergenceWarning came on this rank. Rank 0
+writes OUT/fits.npz: each model's coef and intercept, the rows of each rank and every
+rank's warning flags. A rank whose model differs aborts the job.
 """
 import sys
 import warnings
@@ -46,11 +47,14 @@ def main(out: Path):
                   file=sys.stderr, flush=True)
             COMM.Abort(1)
         found[f"{name}_coef"], found[f"{name}_intercept"] = est.coef_, est.intercept_
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        mpi_dml.LogisticRegression(C=1.0, max_iter=2).fit(x, y)
-    warned = any(issubclass(w.category, ConvergenceWarning) for w in seen)
-    found["warned"] = COMM.gather(warned, root=0)
+    for name, est in (("warned", mpi_dml.LogisticRegression(C=1.0, max_iter=2)),
+                      ("warned_adam", mpi_dml.LogisticRegression(solver="adam", max_iter=1,
+                                                                 tol=1e-4))):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            est.fit(x, y)
+        warned = any(issubclass(w.category, ConvergenceWarning) for w in seen)
+        found[name] = COMM.gather(warned, root=0)
     found["rows"] = COMM.gather(len(y), root=0)
     if COMM.rank == 0:
         np.savez(out / "fits.npz", **found)
