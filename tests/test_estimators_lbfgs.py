@@ -240,6 +240,7 @@ def test_c_is_scikit_learns_inverse_penalty_over_all_rows():
     assert config_of(LogisticRegression(C=2.0), n_rows=300).weight_decay == 1.0 / 600
     assert config_of(LinearSVC(C=0.5), n_rows=40).weight_decay == 1.0 / 20
     assert config_of(LogisticRegression(alpha=0.3)).weight_decay == 0.3
+    assert config_of(LogisticRegression(C=np.inf)).weight_decay == 0.0  # scikit-learn's
     with pytest.raises(ValueError, match=r"LogisticRegression got both C=1.0 and alpha=0.5"):
         config_of(LogisticRegression(C=1.0, alpha=0.5))
     with pytest.raises(ValueError, match=r"The 'C' parameter of LinearSVC must be > 0. "

@@ -253,7 +253,8 @@ def standardize_for(value, solver: str) -> bool:
 def weight_decay_from_c(est, values: dict, n_rows: int) -> float:
     """The L2 strength of scikit-learn's ``C``: its objective C * sum(loss) + ||w||^2 / 2
     is C * n times ours, mean(loss) + alpha / 2 * ||w||^2, so alpha = 1 / (C * n), with
-    ``n`` the rows over every rank. ``alpha`` must then be left at its default."""
+    ``n`` the rows over every rank; C = inf is no penalty, as in scikit-learn. ``alpha``
+    must then be left at its default."""
     import inspect
 
     owner, c, alpha = type(est).__name__, values["C"], values["alpha"]
@@ -261,9 +262,9 @@ def weight_decay_from_c(est, values: dict, n_rows: int) -> float:
     if alpha != default:
         raise ValueError(f"{owner} got both C={c!r} and alpha={alpha!r}, two strengths of "
                          f"the same penalty; give one of them (alpha = 1 / (C * n_samples)).")
-    if not (c > 0 and np.isfinite(c)):
+    if not c > 0:  # NaN too
         raise ValueError(f"The 'C' parameter of {owner} must be > 0. Got {c!r} instead.")
-    return 1.0 / (c * n_rows)
+    return 1.0 / (c * n_rows) if np.isfinite(c) else 0.0
 
 
 _CONFIG_PARAM = re.compile(r"The '(\w+)' parameter of TrainConfig")

@@ -247,7 +247,8 @@ _C = """
     C : float or None, default=None
         Inverse of the L2 strength, as scikit-learn's ``C``: alpha = 1 / (C * n),
         with n the rows over every rank, so that C * sum(loss) + ||W||^2 / 2 is
-        minimized. None: ``alpha`` decides; giving both is an error."""
+        minimized; ``np.inf``: no L2 penalty. None: ``alpha`` decides; giving both is
+        an error."""
 
 _FITTED = """
     n_features_in_ : int
