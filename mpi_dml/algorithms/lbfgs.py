@@ -87,6 +87,8 @@ class LBFGS(Algorithm):
         self.y = dev.zeros((self.memory, n), dtype)  # gradient changes
         self.mask = dev.from_host(model.decay_mask().astype(dtype))
         self.trial = dev.zeros(n, dtype)      # the point a line search evaluates
+        # Scratch vectors: the weights' part of a point, a new (s, y) pair, a product.
+        self._work, self._s_new, self._y_new = (dev.zeros(n, dtype) for _ in range(3))
         self._scratch = None                  # a chunk's gradient, for chunked passes
         self._pg = None                       # pseudo-gradient at params (cached)
         self.iteration = self.index = self.evaluations = 0
@@ -216,15 +218,17 @@ class LBFGS(Algorithm):
         grad = buffer[GRAD:]
         grad *= scale
         point = self._point()
-        weights = point * self.mask
         loss = float(buffer[LOSS]) * scale
         accuracy = float(buffer[CORRECT]) * scale
         f = loss
-        if self.wd:
-            f += 0.5 * self.wd * float(xp.dot(weights, weights))
-            grad += self.wd * weights
-        if self.l1:
-            f += self.l1 * float(xp.abs(weights).sum())
+        if self.wd or self.l1:
+            weights = xp.multiply(point, self.mask, out=self._work)
+            if self.l1:
+                f += self.l1 * float(xp.abs(weights).sum())
+            if self.wd:
+                f += 0.5 * self.wd * float(xp.dot(weights, weights))
+                weights *= self.wd
+                grad += weights
         self.index += 1
         self.evaluations += 1
         if not self.started:
@@ -267,6 +271,9 @@ class LBFGS(Algorithm):
         return self.trial
 
     def _pseudo(self):
+        """The pseudo-gradient at params: the gradient itself without an L1 term."""
+        if not self.l1:
+            return self.grad
         if self._pg is None:
             self._pg = pseudo_gradient(self.params, self.grad, self.l1, self.mask)
         return self._pg
@@ -286,7 +293,8 @@ class LBFGS(Algorithm):
     def _accept(self, point, f, loss, accuracy, grad):
         """The line search's step is taken: its pair enters the history."""
         xp = array_module(self.params)
-        s_new, y_new = point - self.params, grad - self.grad
+        s_new = xp.subtract(point, self.params, out=self._s_new)
+        y_new = xp.subtract(grad, self.grad, out=self._y_new)
         if float(xp.dot(s_new, y_new)) > 1e-10 * float(xp.dot(y_new, y_new)):
             self.newest = (self.newest + 1) % self.memory
             self.s[self.newest], self.y[self.newest] = s_new, y_new
@@ -316,18 +324,19 @@ class LBFGS(Algorithm):
     def _search_from(self, f):
         """The next direction, and a line search along it."""
         xp = array_module(self.params)
-        pg = self._pseudo()
-        direction = -pg
+        pg, direction = self._pseudo(), self.direction
         if self.pairs:
             order = [(self.newest - i) % self.memory for i in range(self.pairs)]
-            direction = two_loop(pg, self.s, self.y, order)
+            two_loop(pg, self.s, self.y, order, out=direction, scratch=self._work)
+        else:
+            xp.negative(pg, out=direction)
         if self.l1:
-            direction = constrain(direction, pg)
+            direction[...] = constrain(direction, pg)
         slope = float(xp.dot(pg, direction))
         if not slope < 0:  # not a descent direction: forget the history
-            self.pairs, direction = 0, -pg
+            self.pairs = 0
+            xp.negative(pg, out=direction)
             slope = -float(xp.dot(pg, pg))
-        self.direction[...] = direction
         # Without curvature pairs the first trial moves a unit distance; with them the
         # quasi-Newton step is already scaled.
         step = 1.0 if self.pairs else 1.0 / self._norm(pg)

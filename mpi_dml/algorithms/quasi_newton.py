@@ -15,24 +15,29 @@ from __future__ import annotations
 from ..devices.arrays import array_module
 
 
-def two_loop(grad, s, y, order):
+def two_loop(grad, s, y, order, out=None, scratch=None):
     """-H grad, where H is the L-BFGS inverse Hessian built from the pairs ``s[j]``,
-    ``y[j]`` for j in ``order`` (newest first), scaled by s.y / y.y of the newest."""
+    ``y[j]`` for j in ``order`` (newest first), scaled by s.y / y.y of the newest.
+    ``out`` and ``scratch`` (vectors like ``grad``) spare the allocations: at a million
+    parameters a fresh vector costs more in page faults than the arithmetic on it."""
     xp = array_module(grad)
-    q = grad.copy()
+    q = grad.copy() if out is None else out
+    if out is not None:
+        q[...] = grad
+    tmp = xp.empty_like(grad) if scratch is None else scratch
     alphas, rhos = [], []
     for j in order:
         rho = 1.0 / float(xp.dot(y[j], s[j]))
         a = rho * float(xp.dot(s[j], q))
-        q -= a * y[j]
+        q -= xp.multiply(y[j], a, out=tmp)
         alphas.append(a)
         rhos.append(rho)
     newest = order[0]
     q *= float(xp.dot(s[newest], y[newest])) / float(xp.dot(y[newest], y[newest]))
     for j, a, rho in zip(reversed(order), reversed(alphas), reversed(rhos)):
         b = rho * float(xp.dot(y[j], q))
-        q += (a - b) * s[j]
-    return -q
+        q += xp.multiply(s[j], a - b, out=tmp)
+    return xp.negative(q, out=q)
 
 
 def pseudo_gradient(x, grad, l1: float, mask):
