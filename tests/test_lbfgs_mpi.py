@@ -94,6 +94,7 @@ def test_one_rank_reaches_scipys_optimum_and_records_each_iteration(data, one_ra
     assert all(b <= a + 1e-15 for a, b in zip(objectives, objectives[1:]))  # descends
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("n", [n for n in RANKS if n > 1])
 def test_any_rank_count_gives_the_same_model(data, one_rank, tmp_path, n):
     out = tmp_path / "run"
