@@ -343,3 +343,34 @@ def test_an_mlp_is_driven_to_a_stationary_point_of_its_objective():
     grad = np.array([(f(flat + h * e) - f(flat - h * e)) / (2 * h) for e in np.eye(flat.size)])
     assert np.linalg.norm(grad) <= 1e-6
     assert engine.history[-1]["objective"] < engine.history[0]["objective"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"history": 5}, r"with history 10; this run has 5 \(.*resume with --history 10\)"),
+    ({"warm_start_epochs": 2},
+     r"with warm_start_epochs 0; this run has 2 \(.*resume with --warm-start-epochs 0\)"),
+])
+def test_a_resume_that_changes_the_solvers_state_shape_is_refused(change, message):
+    from test_checkpoint import describe, make_cfg, make_state
+
+    from mpi_dml.engine.compatibility import check_compatible
+    from mpi_dml.errors import UserError
+
+    state = make_state(make_cfg(optimizer="lbfgs"))
+    cfg = make_cfg(optimizer="lbfgs", **change)
+    _, model_desc, data = describe(cfg)
+    with pytest.raises(UserError, match=message):
+        check_compatible(state, cfg, model_desc, data, "c.safetensors")
+
+
+def test_a_failed_search_along_the_history_retries_steepest_descent():
+    x, y = logistic_data()
+    algo, _ = solver(x, y)
+    run(algo, x, y, rounds=6)
+    assert algo.pairs > 0 and not algo.done
+    # As if the search along the quasi-Newton direction found no decrease.
+    algo._failed()
+    assert algo.pairs == 0 and not algo.done
+    np.testing.assert_array_equal(algo.direction, -algo.grad)
+    algo._failed()  # again, along steepest descent: the point is final
+    assert algo.done and algo.period_record(0, [0])["stop"] == "no_decrease"

@@ -1,4 +1,4 @@
-"""``--optimizer lbfgs`` on the GPU path: the solver's vector arithmetic on device arrays
+"""``--optimizer lbfgs`` on the GPU path (and on the CPU's sparse rows): the solver's vector arithmetic on device arrays
 and sparse rows as device CSR, on the stand-in CuPy of ``test_gpu.py`` (device arrays
 are NumPy arrays; the stand-in refuses host operands in sparse products). It checks the
 code paths, not CUDA; on a real GPU ``-m gpu`` runs the same solve on CuPy.
@@ -30,8 +30,12 @@ def test_sparse_rows_on_the_gpu_path_solve_the_dense_problem(fake_sparse_gpu, na
     data = st.rows()
     on_gpu = st.fit(comm, name, data=data, device=gpu_device.GpuDevice(comm, np.float64))
     dense = st.fit(comm, name, data=data, dense=True, device=CpuDevice(comm, np.float64))
+    # And on the CPU's sparse rows, where a warm start's SGD is lazy (caught up before
+    # L-BFGS reads the weights).
+    on_cpu = st.fit(comm, name, data=data, device=CpuDevice(comm, np.float64))
     assert isinstance(on_gpu.params, np.ndarray)
     assert gap(on_gpu.params, dense.params) <= 1e-9
+    assert gap(on_cpu.params, dense.params) <= 1e-9
     assert on_gpu.history[-1]["stop"] in ("gradient", "objective")
     assert on_gpu.history[-1]["objective"] == pytest.approx(dense.history[-1]["objective"],
                                                            rel=1e-12)

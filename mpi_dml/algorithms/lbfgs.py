@@ -22,8 +22,9 @@ a line search (``line_search``) of one or more rounds:
 
 It stops once the (pseudo-)gradient's norm has fallen to ``tol`` times its start, or
 an iteration changed the objective by at most ``tol`` of its size, or after
-``max_iter`` iterations, or when no step along a direction lowers the objective (it is
-then at the rounding level of the dtype). The last metrics line says which
+``max_iter`` iterations, or when no step lowers the objective even along the steepest
+descent direction (the history is dropped first; the point is then at the rounding
+level of the dtype). The last metrics line says which
 (``"stop"``). An MLP is allowed too: its objective is not convex, so the point reached
 is a local minimum that depends on the initial weights.
 
@@ -241,7 +242,7 @@ class LBFGS(Algorithm):
         if status == ACCEPT:
             self._accept(point, f, loss, accuracy, grad)
         elif status == FAILED:
-            self._finish(4)
+            self._failed()
 
     def skip(self, request):
         """A round whose reduced sums were not finite (``--nonfinite skip``)."""
@@ -255,7 +256,7 @@ class LBFGS(Algorithm):
         self.evaluations += 1
         self._ended = False
         if self.search.observe(math.inf, math.nan) == FAILED:
-            self._finish(4)
+            self._failed()
 
     # --- the iteration ----------------------------------------------------------------
     def _point(self):
@@ -343,6 +344,16 @@ class LBFGS(Algorithm):
         slack = rounding_slack(f, self.dtype)
         self.search = (Backtracking(f, step, slack) if self.l1
                        else StrongWolfe(f, slope, step, slack))
+
+    def _failed(self):
+        """No step along the direction lowered the objective. A quasi-Newton direction
+        may be the history's fault (a non-convex model, rounding in old pairs): try
+        steepest descent once before calling the point final."""
+        if self.pairs:
+            self.pairs = 0
+            self._search_from(self.objective)
+        else:
+            self._finish(4)
 
     def _finish(self, code: int):
         self.done, self.stop, self._ended = 1, code, True

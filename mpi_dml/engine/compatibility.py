@@ -65,6 +65,13 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
     if old_c.get("optimizer") != new_c["optimizer"]:
         refuse(f"with optimizer {old_c.get('optimizer')}", f"uses {new_c['optimizer']}",
                "its state means something else to another optimizer: other --optimizer?")
+    if new_c["optimizer"] == "lbfgs":
+        # They fix the shapes of the solver's state: the pairs kept, SGD's velocity.
+        for key in ("history", "warm_start_epochs"):
+            old = old_c.get(key, 0 if key == "warm_start_epochs" else 10)
+            if old != new_c[key]:
+                refuse(f"with {key} {old}", f"has {new_c[key]}", "the solver's state "
+                       f"depends on it: resume with --{key.replace('_', '-')} {old}")
     if algorithm is not None:
         _check_algorithm_state(state, algorithm, refuse)
     for key, what in (("n_features", "features"), ("n_classes", "classes"),
