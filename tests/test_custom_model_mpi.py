@@ -226,8 +226,9 @@ X4, Y4 = np.ones((8, 2)), np.zeros(8)
 @pytest.mark.parametrize("model, x, kwargs, message", [
     (Pair(), X4, dict(learning_rate_init=-1),
      r"The 'learning_rate_init' parameter of mpi_dml\.train must be > 0\. Got -1\.0 instead\."),
-    (Pair(), X4, dict(solver="lbfgs"),
-     r"The 'solver' parameter of mpi_dml\.train must be one of sgd, adam, adamw\. Got 'lbfgs'"),
+    (Pair(), X4, dict(solver="newton"),
+     r"The 'solver' parameter of mpi_dml\.train must be one of sgd, adam, adamw, lbfgs\. "
+     r"Got 'newton'"),
     (Pair(), X4, dict(max_iter=0), r"The 'max_iter' parameter of mpi_dml\.train must be >= 1"),
     (Pair(), X4, dict(batch_size="ten"),
      r"The 'batch_size' parameter of mpi_dml\.train must be of type int\. Got 'ten'"),

@@ -374,3 +374,31 @@ def test_a_failed_search_along_the_history_retries_steepest_descent():
     np.testing.assert_array_equal(algo.direction, -algo.grad)
     algo._failed()  # again, along steepest descent: the point is final
     assert algo.done and algo.period_record(0, [0])["stop"] == "no_decrease"
+
+
+def test_a_custom_model_solved_by_lbfgs_is_ridge_in_closed_form():
+    import mpi_dml
+
+    class LeastSquares(mpi_dml.CustomModel):
+        def __init__(self, d):
+            self.d, self.size = d, d + 1
+
+        def loss_grad(self, params, grad, X, y):
+            r = X @ params[:self.d] + params[self.d] - y
+            grad[:self.d], grad[self.d] = X.T @ r, r.sum()
+            return 0.5 * float(r @ r)
+
+        def decay_mask(self):
+            return np.append(np.ones(self.d, np.uint8), 0)
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 4)) * [1.0, 2.0, 0.5, 3.0]
+    y = x @ [0.5, -1.0, 2.0, 0.1] + 0.3 + rng.normal(size=120) * 0.1
+    alpha = 0.05
+    result = mpi_dml.train(LeastSquares(4), x, y, solver="lbfgs", alpha=alpha,
+                           max_iter=200, tol=1e-14)
+    a = np.column_stack([x, np.ones(len(x))])
+    penalty = np.diag([alpha] * 4 + [0.0])
+    want = np.linalg.solve(a.T @ a / len(x) + penalty, a.T @ y / len(x))
+    np.testing.assert_allclose(result.params, want, rtol=1e-9, atol=1e-12)
+    assert result.n_iter == len(result.history) < 200

@@ -232,7 +232,9 @@ def train(model, X, y=None, *, comm=None, solver: str = "sgd",
     X : array-like of shape (n_rows, n_features), this rank's rows.
     y : array-like of shape (n_rows,), or None (the model then sees zeros).
     comm : mpi4py communicator, or None for every rank of the job.
-    solver : "sgd", "adam" or "adamw".
+    solver : "sgd", "adam", "adamw", or "lbfgs": full-batch L-BFGS (OWL-QN with ``l1``),
+        for which ``max_iter`` counts iterations, ``tol`` is its relative stopping rule
+        (0: 1e-9) and ``learning_rate_init`` and ``batch_size`` do not apply.
     learning_rate_init : float, the learning rate (the peak, after warm-up).
     batch_size : int, the GLOBAL batch: split across ranks, at least the rank count.
     max_iter : int, epochs (passes over the data); the most, with ``tol``.
@@ -307,6 +309,12 @@ def _config(settings: dict, world_size: int):
         if isinstance(values[name], Path):
             values[name] = str(values[name])
     values = {_SETTINGS[name]: value for name, value in values.items() if value is not None}
+    if values["optimizer"] == "lbfgs":
+        # Full batch: max_iter counts iterations, and tol=0 (the default, which turns
+        # early stopping off for the minibatch solvers) leaves L-BFGS its own.
+        values["max_iter"] = values.pop("epochs")
+        if not values["tol"]:
+            del values["tol"]
     # The engine is handed the model itself; "linear" only tells the data loader that
     # targets are numbers, not classes. The model computes with NumPy: host arrays.
     values.update(model="linear", task="regression", device="cpu")
