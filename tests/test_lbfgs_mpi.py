@@ -162,13 +162,19 @@ def test_bad_settings_give_one_message(data, tmp_path, n, case):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_a_checkpoint_of_another_solver_is_refused(data, tmp_path, n):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def sgd_run(data, tmp_path_factory):
+    """A run of SGD that left checkpoints (a refused resume leaves them as they are)."""
+    out = tmp_path_factory.mktemp("sgd") / "run"
     sgd = ["--out", out, "--data", data["csv"], "--label-column", "y", "--model", "logistic",
            "--optimizer", "sgd", "--epochs", "1", "--checkpoint-every", "3", "--progress",
            "none", "--device", "cpu", "--dtype", "float64", "--shards", "64"]
     assert run_cli(1, "train", *sgd).returncode == 0
-    result = train(n, data, out, "--resume", expect=EXIT_USER_ERROR)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_checkpoint_of_another_solver_is_refused(data, sgd_run, n):
+    result = train(n, data, sgd_run, "--resume", expect=EXIT_USER_ERROR)
     assert result.stderr.count("was written with optimizer sgd; this run uses lbfgs") == 1
     assert "Traceback" not in result.stderr
