@@ -37,9 +37,11 @@ import common  # noqa: E402
 
 # Columns of each kernel's (rows, columns) input; the optimisers take flat arrays.
 COLUMNS = {"bias_act_forward": 128, "act_backward": 128, "softmax_xent": 10,
-           "logistic_loss_grad": 1, "hinge_loss_grad": 1, "squared_loss_grad": 1}
+           "logistic_loss_grad": 1, "hinge_loss_grad": 1, "squared_hinge_loss_grad": 1,
+           "squared_loss_grad": 1}
 NAMES = ("bias_act_forward", "act_backward", "softmax_xent", "logistic_loss_grad",
-         "hinge_loss_grad", "squared_loss_grad", "sgd_update", "adam_update")
+         "hinge_loss_grad", "squared_hinge_loss_grad", "squared_loss_grad", "sgd_update",
+         "adam_update")
 
 
 def make_call(name: str, work: int, module, seed: int = 0):

@@ -30,6 +30,7 @@ NAMES = (
     "softmax_xent",
     "logistic_loss_grad",
     "hinge_loss_grad",
+    "squared_hinge_loss_grad",
     "squared_loss_grad",
     "sgd_update",
     "adam_update",
@@ -81,6 +82,7 @@ def warm_up(backend, dtype):
                                  *totals)
         kernels.logistic_loss_grad(mat(1), targets, vec(1), *totals)
         kernels.hinge_loss_grad(mat(1), targets, vec(1), *totals)
+        kernels.squared_hinge_loss_grad(mat(1), targets, vec(1), *totals)
         kernels.squared_loss_grad(mat(k), mat(k), vec(k), *totals)
 
     mask = put(np.ones(k, dtype=np.uint8))

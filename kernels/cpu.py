@@ -237,6 +237,36 @@ def _hinge_body(z, y, bias_grad):
 
 
 @numba.njit(inline="always")
+def _squared_hinge_body(z, y, bias_grad, one):
+    # ``one`` is 1 in z's dtype: a literal 1 would make float32 arithmetic float64 here,
+    # and the slack would then round differently from the reference's.
+    n = z.shape[0]
+    count, size = _row_chunks(n, 1)
+    partial = np.empty((count, 1), dtype=bias_grad.dtype)
+    sums = np.empty((count, 2))
+    for c in numba.prange(count):
+        partial[c, 0] = 0
+        loss_sum = 0.0
+        correct = 0
+        for i in range(c * size, min(n, (c + 1) * size)):
+            x = z[i, 0]
+            if (x > 0) == (y[i] == 1):
+                correct += 1
+            t = y[i] + y[i] - one
+            margin = t * x
+            if margin >= one:
+                z[i, 0] = 0
+            else:  # NaN too: it reaches the loss, as in the reference
+                slack = one - margin
+                loss_sum += slack * slack
+                z[i, 0] = -t * (slack + slack)
+            partial[c, 0] += z[i, 0]
+        sums[c, 0] = loss_sum
+        sums[c, 1] = correct
+    return _combine(partial, sums, bias_grad)
+
+
+@numba.njit(inline="always")
 def _squared_body(z, y, bias_grad):
     n, k = z.shape
     count, size = _row_chunks(n, k)
@@ -289,6 +319,16 @@ def _hinge_loss_grad_threaded(z, y, bias_grad):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _squared_hinge_loss_grad(z, y, bias_grad, one):
+    return _squared_hinge_body(z, y, bias_grad, one)
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _squared_hinge_loss_grad_threaded(z, y, bias_grad, one):
+    return _squared_hinge_body(z, y, bias_grad, one)
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _squared_loss_grad(z, y, bias_grad):
     return _squared_body(z, y, bias_grad)
 
@@ -303,6 +343,7 @@ _LOSS_KERNELS = {
     "softmax_xent": (_softmax_xent, _softmax_xent_threaded),
     "logistic_loss_grad": (_logistic_loss_grad, _logistic_loss_grad_threaded),
     "hinge_loss_grad": (_hinge_loss_grad, _hinge_loss_grad_threaded),
+    "squared_hinge_loss_grad": (_squared_hinge_loss_grad, _squared_hinge_loss_grad_threaded),
     "squared_loss_grad": (_squared_loss_grad, _squared_loss_grad_threaded),
 }
 
@@ -335,6 +376,13 @@ def logistic_loss_grad(z, y, bias_grad, totals=None):
 def hinge_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``."""
     loss_sum, correct = _loss_kernel("hinge_loss_grad", z)(z, y, bias_grad)
+    return _sums(totals, loss_sum, correct, z.shape[0])
+
+
+def squared_hinge_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``-2 t max(0, 1 - t z)``. Returns ``(loss_sum, correct)``."""
+    kernel = _loss_kernel("squared_hinge_loss_grad", z)
+    loss_sum, correct = kernel(z, y, bias_grad, z.dtype.type(1))
     return _sums(totals, loss_sum, correct, z.shape[0])
 
 

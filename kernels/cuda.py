@@ -386,6 +386,26 @@ def _hinge_rows(z, y, scratch):
 
 
 @cuda.jit(cache=True)
+def _squared_hinge_rows(z, y, scratch):
+    one, zero = z.dtype.type(1), z.dtype.type(0)
+    loss = np.float64(0.0)
+    correct = np.float64(0.0)
+    for i in range(cuda.grid(1), z.shape[0], cuda.gridsize(1)):
+        x = z[i, 0]
+        if (x > zero) == (y[i] == one):
+            correct += 1
+        t = y[i] + y[i] - one
+        margin = t * x
+        if margin >= one:
+            z[i, 0] = zero
+        else:  # NaN too: it reaches the loss, as in the reference
+            slack = one - margin
+            loss += slack * slack
+            z[i, 0] = -t * (slack + slack)
+    _store_loss_partials(loss, correct, scratch)
+
+
+@cuda.jit(cache=True)
 def _squared_rows(z, y, scratch):
     n, k = z.shape
     loss = np.float64(0.0)
@@ -488,6 +508,12 @@ def hinge_loss_grad(z, y, bias_grad, totals=None):
     """In place: ``z`` becomes ``-t`` inside the margin, else 0. Returns ``(loss_sum, correct)``
     (``totals``: as ``softmax_xent``)."""
     return _binary_loss(_hinge_rows, z, y, bias_grad, totals)
+
+
+def squared_hinge_loss_grad(z, y, bias_grad, totals=None):
+    """In place: ``z`` becomes ``-2 t max(0, 1 - t z)``. Returns ``(loss_sum, correct)``
+    (``totals``: as ``softmax_xent``)."""
+    return _binary_loss(_squared_hinge_rows, z, y, bias_grad, totals)
 
 
 def squared_loss_grad(z, y, bias_grad, totals=None):

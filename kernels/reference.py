@@ -135,6 +135,30 @@ def hinge_loss_grad(z, y, bias_grad, totals=None):
     return _sums(totals, loss_sum, correct, len(col))
 
 
+def squared_hinge_loss_grad(z, y, bias_grad, totals=None):
+    """Squared hinge loss ``max(0, 1 - t z)**2`` with ``t = 2y - 1`` (LIBLINEAR's L2-loss
+    SVM): the hinge made differentiable, so a line search can use it. In place: ``z``
+    becomes ``-2 t max(0, 1 - t z)``, 0 on and past the margin. Returns
+    ``(loss_sum, correct)``.
+
+    A NaN output gives a NaN loss and gradient (the hinge's ``margin < 1`` test would
+    drop it), so the step's non-finite check sees it.
+    """
+    col = z[:, 0]
+    correct = _binary_correct(col, y)
+
+    t = 2 * y - 1
+    margin = t * col
+    inside = ~(margin >= 1)  # NaN counts as inside
+    slack = np.where(inside, 1 - margin, 0)
+    loss_sum = float(np.sum(slack * slack, dtype=np.float64))
+
+    # t is +-1, so -t * (2 slack) is exact: every backend writes the same bits.
+    col[...] = np.where(inside, -t * (slack + slack), 0)
+    bias_grad[...] = z.sum(axis=0)
+    return _sums(totals, loss_sum, correct, len(col))
+
+
 def squared_loss_grad(z, y, bias_grad, totals=None):
     """``0.5 * sum((z - y)**2)``. In place: ``z`` becomes ``z - y``. Returns the loss sum
     (with ``totals``: writes it, 0 correct rows and the rows there)."""

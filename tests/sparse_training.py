@@ -33,7 +33,15 @@ RUNS = {
                       "weight_decay": 0.01, "l1": 0.001},
     "mlp_adamw": {"model": "mlp", "hidden": (3,), "activation": "relu",
                   "optimizer": "adamw", "lr": 0.02, "weight_decay": 0.1},
+    # Full-batch L-BFGS, OWL-QN, and L-BFGS after a warm start of (compact) SGD epochs.
+    "logistic_lbfgs": {"model": "logistic", "optimizer": "lbfgs", "weight_decay": 0.02,
+                       "tol": 1e-12},
+    "softmax_owlqn": {"model": "softmax", "optimizer": "lbfgs", "weight_decay": 0.01,
+                      "l1": 0.002, "tol": 1e-12},
+    "linear_lbfgs_warm": {"model": "linear", "optimizer": "lbfgs", "weight_decay": 0.05,
+                          "warm_start_epochs": 1, "lr": 0.05, "tol": 1e-12},
 }
+MINIBATCH_RUNS = sorted(name for name, run in RUNS.items() if run.get("optimizer") != "lbfgs")
 
 
 def rows(n=N_ROWS + N_VAL, n_features=N_FEATURES, seed=0):

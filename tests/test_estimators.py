@@ -95,7 +95,8 @@ def test_logistic_regression_is_full_batch_gradient_descent():
 
 def test_standardize_is_a_standard_scaler_in_front():
     x, y = blobs()
-    inside = LogisticRegression(random_state=3, max_iter=5, tol=None).fit(x, y)
+    inside = LogisticRegression(random_state=3, max_iter=5, tol=None,
+                                standardize=True).fit(x, y)
     pipe = make_pipeline(StandardScaler(), LogisticRegression(random_state=3, max_iter=5,
                                                               tol=None, standardize=False))
     pipe.fit(x, y)
@@ -201,8 +202,8 @@ def test_random_state_seeds_and_leaves_numpys_generator_alone():
      r"The 'learning_rate_init' parameter of LogisticRegression must be > 0. Got 0.0"),
     ({"max_iter": "ten"}, TypeError,
      r"The 'max_iter' parameter of LogisticRegression must be an int. Got 'ten'"),
-    ({"solver": "lbfgs"}, ValueError, r"The 'solver' parameter of LogisticRegression must "
-                                      r"be one of sgd, adam, adamw. Got 'lbfgs'"),
+    ({"solver": "newton"}, ValueError, r"The 'solver' parameter of LogisticRegression must "
+                                       r"be one of sgd, adam, adamw, lbfgs. Got 'newton'"),
     ({"batch_size": 0}, ValueError, r"'batch_size' parameter of LogisticRegression must "
                                     r"be >= 1"),
     ({"random_state": -1}, ValueError, r"'random_state' parameter of LogisticRegression"),

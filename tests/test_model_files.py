@@ -83,7 +83,8 @@ JSON_CASES = {
                                                  "softmax, svm, mlp. Got 'forest' instead."),
     "kind missing": (drop_key("kind"), "'kind' must be one of"),
     "unknown loss": (set_key("loss", "cubic"), "'loss' must be one of squared, logistic, "
-                                                "hinge, softmax. Got 'cubic' instead."),
+                                                "hinge, softmax, squared_hinge. Got 'cubic' "
+                                                "instead."),
     "loss not text": (set_key("loss", ["softmax"]), "'loss' must be one of"),
     "loss unfit for kind": (set_key("loss", "hinge"), "'loss' must be softmax or squared "
                                                       "for kind mlp. Got 'hinge' instead."),
@@ -156,7 +157,7 @@ def test_kind_and_loss_must_fit(tmp_path, kind, loss):
     info = json.loads((tmp_path / "model.json").read_text())
     info["loss"] = loss
     (tmp_path / "model.json").write_text(json.dumps(info))
-    with pytest.raises(UserError, match=f"'loss' must be [a-z]+ for kind {kind}. "
+    with pytest.raises(UserError, match=f"'loss' must be [a-z_ ]+ for kind {kind}. "
                                         f"Got '{loss}' instead."):
         load_model(tmp_path)
 
@@ -334,7 +335,8 @@ def _csv(path, n=6):
 def _unknown_loss(folder):
     info = json.loads((folder / "model.json").read_text())
     (folder / "model.json").write_text(json.dumps(dict(info, loss="cubic")))
-    return "model.json: 'loss' must be one of squared, logistic, hinge, softmax. Got 'cubic'"
+    return ("model.json: 'loss' must be one of squared, logistic, hinge, softmax, "
+            "squared_hinge. Got 'cubic'")
 
 
 def _float32_tensors_under_float64(folder):

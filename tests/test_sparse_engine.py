@@ -34,7 +34,7 @@ def gap(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
-@pytest.mark.parametrize("name", sorted(st.RUNS))
+@pytest.mark.parametrize("name", st.MINIBATCH_RUNS)
 def test_sparse_rows_train_the_dense_rows_model(comm, data, name):
     sizes = []
     sparse = st.fit(comm, name, data=data, sizes=sizes)

@@ -113,12 +113,14 @@ class DataParallelEstimator(BaseEstimator):
         self._label_column = next((s["label_name"] for s in summaries if s["label_name"]),
                                   "label")
         meta = engine.meta(engine.data, finite_or_null(engine.final))
-        history = [float(h["train_loss"]) for h in engine.history]
+        history = training_curve(engine.history, cfg.optimizer)
         self._set_fitted(engine.model, engine.params, engine.scale, meta, history, classes)
-        if cfg.tol > 0 and self.n_iter_ == cfg.epochs and comm.is_root:
-            warnings.warn(f"{type(self).__name__}: the training loss was still improving by "
-                          f"more than tol={cfg.tol} after max_iter={cfg.epochs} epochs; "
-                          f"raise max_iter or tol.", ConvergenceWarning, stacklevel=3)
+        # On every rank: a program that turns warnings into errors must see the same
+        # outcome on each, or the ranks that went on would wait for the others for ever.
+        unfinished = not_converged(engine.history, cfg)
+        if unfinished:
+            warnings.warn(f"{type(self).__name__}: {unfinished}", ConvergenceWarning,
+                          stacklevel=3)
         return self
 
     def _world(self):
@@ -247,6 +249,29 @@ class DataParallelEstimator(BaseEstimator):
                 continue
             out[name] = value
         return out
+
+
+def training_curve(history, optimizer: str) -> list:
+    """``loss_curve_`` from the engine's metrics lines: L-BFGS's objective after each
+    iteration (lines with an "iteration"; any warm-start epochs before them are left
+    out), or the training loss after each epoch."""
+    if optimizer == "lbfgs":
+        return [float(h["objective"]) for h in history if "iteration" in h]
+    return [float(h["train_loss"]) for h in history]
+
+
+def not_converged(history, cfg) -> str:
+    """Why the fit ended before its tolerance was met ("" when it was met): L-BFGS says
+    so in its last line's "stop"; a minibatch fit that ran every epoch with tol > 0."""
+    if cfg.optimizer == "lbfgs":
+        if history and history[-1].get("stop") == "max_iter":
+            return (f"L-BFGS reached max_iter={cfg.max_iter} iterations before its "
+                    f"tolerance tol={cfg.tol:g}; raise max_iter.")
+        return ""
+    if cfg.tol > 0 and len(history) == cfg.epochs:
+        return (f"the training loss was still improving by more than tol={cfg.tol} "
+                f"after max_iter={cfg.epochs} epochs; raise max_iter or tol.")
+    return ""
 
 
 def folded_layers(model, params, scale):

@@ -7,7 +7,12 @@
     ...                    n_classes=2, dtype="float64", n_rows=300, world_size=4, seed=7)
 
 ``__init__`` only stores arguments (scikit-learn's rule), so everything is checked
-here, at ``fit``. Types are checked first, so the config's range checks never compare
+here, at ``fit``. Some parameters mean what the solver makes of them: ``max_iter`` is
+epochs for the minibatch solvers and iterations for ``solver="lbfgs"``; ``tol=None``
+runs every epoch of a minibatch solver and leaves L-BFGS its own tolerance;
+``standardize="auto"`` scales the features for the minibatch solvers only; ``C`` is
+scikit-learn's inverse penalty, ``alpha = 1 / (C * n)`` with ``n`` the rows over every
+rank. Types are checked first, so the config's range checks never compare
 a string with a number; a range the config refuses comes back naming the estimator's
 parameter, not the config's: "The 'learning_rate_init' parameter of MLPClassifier
 must be > 0. Got -1.0 instead."
@@ -39,7 +44,7 @@ RENAMED = {
     "beta_2": "beta2",
     "epsilon": "eps",
     "batch_size": "batch_size",
-    "max_iter": "epochs",
+    "max_iter": "epochs",  # "max_iter" (iterations) under solver="lbfgs"
     "tol": "tol",
     "n_iter_no_change": "n_iter_no_change",
     "random_state": "seed",
@@ -49,11 +54,15 @@ RENAMED = {
     "shards": "shards",
     "device": "device",
     "verbose": "progress",
+    "loss": "loss",
 }
 CONFIG_TO_PARAM = {setting: param for param, setting in RENAMED.items()}
 
 # The batch scikit-learn's MLP estimators take with batch_size="auto": min(200, rows).
 AUTO_BATCH = 200
+LBFGS = "lbfgs"
+# The losses LinearSVC takes, as scikit-learn spells them (the config also has "auto").
+SVC_LOSSES = ("squared_hinge", "hinge")
 
 
 def _is_int(v) -> bool:
@@ -115,7 +124,19 @@ def _batch(est, name, value):
 
 
 def _tol(est, name, value):
-    return 0.0 if value is None else _real(est, name, value)  # None: no early stop
+    return None if value is None else _real(est, name, value)  # None: see train_config
+
+
+def _inverse_penalty(est, name, value):
+    return None if value is None else _real(est, name, value)  # None: alpha decides
+
+
+def _standardize(est, name, value):
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    if not isinstance(value, (bool, np.bool_)):
+        _refuse_type(est, name, "True, False or 'auto'", value)
+    return bool(value)
 
 
 def _verbose(est, name, value):
@@ -137,7 +158,8 @@ CHECKS = {
     "nesterovs_momentum": _flag, "beta_1": _real, "beta_2": _real, "epsilon": _real,
     "batch_size": _batch, "max_iter": _int, "tol": _tol, "n_iter_no_change": _int,
     "random_state": _random_state, "schedule": _text, "warmup_steps": _int,
-    "standardize": _flag, "shards": _int, "device": _text, "verbose": _verbose,
+    "standardize": _standardize, "shards": _int, "device": _text, "verbose": _verbose,
+    "C": _inverse_penalty, "loss": _text,
 }
 
 
@@ -182,8 +204,25 @@ def train_config(est, values: dict, *, model: str, task: str, n_classes: int, dt
     from ..config import TrainConfig
     from ..errors import UserError
 
-    settings = {RENAMED[name]: v for name, v in values.items() if name != "random_state"}
+    owner = type(est).__name__
+    lbfgs = values["solver"] == LBFGS
+    settings = {RENAMED[name]: v for name, v in values.items()
+                if name not in ("random_state", "C")}
     settings["batch_size"] = batch_size_for(values["batch_size"], n_rows, world_size)
+    if lbfgs:  # iterations of L-BFGS, not epochs
+        settings["max_iter"] = settings.pop("epochs")
+    if settings["tol"] is None:
+        # Minibatch: run every epoch. L-BFGS: its own tolerance (config.LBFGS_TOL),
+        # which reaches the optimum; the config sets it when tol is not given.
+        del settings["tol"]
+        if not lbfgs:
+            settings["tol"] = 0.0
+    settings["standardize"] = standardize_for(values["standardize"], values["solver"])
+    if values.get("C") is not None:
+        settings["weight_decay"] = weight_decay_from_c(est, values, n_rows)
+    if "loss" in values and values["loss"] not in SVC_LOSSES:
+        raise ValueError(f"The 'loss' parameter of {owner} must be one of "
+                         f"{', '.join(SVC_LOSSES)}. Got {values['loss']!r} instead.")
     # Nesterov needs momentum; with momentum 0 the flag means nothing (scikit-learn's
     # MLP takes the pair the same way).
     settings["nesterov"] = bool(values.get("nesterovs_momentum")) and values["momentum"] > 0
@@ -198,7 +237,34 @@ def train_config(est, values: dict, *, model: str, task: str, n_classes: int, dt
     try:
         return cfg.validate(world_size=world_size, files=False)
     except UserError as exc:
-        raise ValueError(rename_in_message(str(exc), type(est).__name__)) from None
+        raise ValueError(rename_in_message(str(exc), owner)) from None
+
+
+def standardize_for(value, solver: str) -> bool:
+    """``standardize``'s value for the config: "auto" scales the features for the
+    minibatch solvers, which easily diverge on unscaled ones, and not for L-BFGS, so
+    that the penalty falls on the raw weights as in scikit-learn and the optimum is
+    scikit-learn's."""
+    if value == "auto":
+        return solver != LBFGS
+    return bool(value)
+
+
+def weight_decay_from_c(est, values: dict, n_rows: int) -> float:
+    """The L2 strength of scikit-learn's ``C``: its objective C * sum(loss) + ||w||^2 / 2
+    is C * n times ours, mean(loss) + alpha / 2 * ||w||^2, so alpha = 1 / (C * n), with
+    ``n`` the rows over every rank; C = inf is no penalty, as in scikit-learn. ``alpha``
+    must then be left at its default."""
+    import inspect
+
+    owner, c, alpha = type(est).__name__, values["C"], values["alpha"]
+    default = inspect.signature(type(est)).parameters["alpha"].default
+    if alpha != default:
+        raise ValueError(f"{owner} got both C={c!r} and alpha={alpha!r}, two strengths of "
+                         f"the same penalty; give one of them (alpha = 1 / (C * n_samples)).")
+    if not c > 0:  # NaN too
+        raise ValueError(f"The 'C' parameter of {owner} must be > 0. Got {c!r} instead.")
+    return 1.0 / (c * n_rows) if np.isfinite(c) else 0.0
 
 
 _CONFIG_PARAM = re.compile(r"The '(\w+)' parameter of TrainConfig")
@@ -223,14 +289,26 @@ def rename_in_message(text: str, owner: str) -> str:
 def params_from_config(config: dict, accepted) -> dict:
     """Estimator parameters from a model folder's ``config`` (TrainConfig.to_dict()),
     for those in ``accepted``; a setting with no estimator parameter is left out."""
+    from types import SimpleNamespace
+
+    from ..config import model_loss
+
+    config = config or {}
+    lbfgs = config.get("optimizer") == LBFGS
+    # L-BFGS counts iterations in max_iter; the minibatch solvers count epochs.
+    renamed = {**CONFIG_TO_PARAM, "epochs": None, "max_iter": "max_iter"} if lbfgs \
+        else CONFIG_TO_PARAM
     out = {}
-    for setting, value in (config or {}).items():
-        name = CONFIG_TO_PARAM.get(setting)
+    for setting, value in config.items():
+        name = renamed.get(setting)
         if name is None or name not in accepted:
             continue
         if name == "hidden_layer_sizes" and isinstance(value, list):
             value = tuple(value)
         elif name == "verbose":
             value = value in ("lines", "bar")
+        elif name == "loss":  # "auto" as the loss it trained with
+            value = model_loss(SimpleNamespace(model="svm", loss=value,
+                                               optimizer=config.get("optimizer")))
         out[name] = value
     return out

@@ -181,9 +181,11 @@ _COMMON = """
         L2 penalty on the weights (not the biases): the objective is the mean loss +
         alpha / 2 * ||W||^2 (``weight_decay``; decoupled for solver="adamw").
     l1 : float, default=0.0
-        L1 penalty on the weights, applied as a proximal step after each update.
-    solver : {{"adam", "sgd", "adamw"}}, default="adam"
-        The optimizer.
+        L1 penalty on the weights: + l1 * ||W||_1 in the objective (OWL-QN under
+        solver="lbfgs", a proximal step after each update otherwise).
+    solver : {{"lbfgs", "adam", "sgd", "adamw"}}, default="{solver}"
+        The optimizer. "lbfgs" is full-batch L-BFGS: it minimizes the objective to
+        ``tol`` and ignores the learning rate, batch and momentum settings.{lbfgs_note}
     learning_rate_init : float, default={lr}
         The learning rate (its peak, after any warm-up).
     momentum : float, default=0.9
@@ -196,12 +198,15 @@ _COMMON = """
         The GLOBAL batch, split across ranks (never multiplied by them): "auto" is
         min(200, rows over all ranks), and at least the number of ranks.
     max_iter : int, default={epochs}
-        The most epochs (passes over the rows).
-    tol : float or None, default=1e-4
-        Stop once the training loss has improved by less than ``tol`` for
+        The most iterations (solver="lbfgs") or epochs (passes over the rows).
+    tol : float or None, default={tol}
+        solver="lbfgs": stop once the gradient norm has fallen by this factor from its
+        start, or the objective changed by less than this fraction in an iteration
+        (> 0; None: 1e-9, the optimum to about 1e-9 in float64). The minibatch
+        solvers: stop once the training loss has improved by less than ``tol`` for
         ``n_iter_no_change`` epochs in a row; None or 0 runs every epoch.
     n_iter_no_change : int, default=10
-        See ``tol``.
+        See ``tol`` (minibatch solvers).
     random_state : int, RandomState instance or None, default=None
         The seed of the initial weights and of the batches. An int is the seed
         itself (``--seed`` on the command line); None draws one from fresh entropy
@@ -211,21 +216,39 @@ _COMMON = """
         The learning rate schedule.
     warmup_steps : int, default=0
         Steps of linear warm-up.
-    standardize : bool, default=True
+    standardize : bool or "auto", default="auto"
         Train on features scaled to zero mean and unit variance over every rank's
-        rows (the scaling is part of the model). Minibatch SGD on unscaled features
-        easily diverges.
+        rows (the scaling is part of the model, and the penalties then fall on the
+        weights of the scaled features). "auto": True for the minibatch solvers,
+        which easily diverge on unscaled features; False for solver="lbfgs", so that
+        the penalties fall on the raw weights, as in scikit-learn, and the optimum is
+        scikit-learn's.
     shards : int, default=131072
         Virtual shards: batches depend on them and on the seed, never on the number
         of ranks.
     device : {{"cpu", "gpu", "auto"}}, default="cpu"
         Where training computes.
     verbose : bool, default=False
-        Rank 0 prints a line per epoch on stderr.
+        Rank 0 prints a line per epoch or iteration on stderr.
     comm : mpi4py communicator or None, default=None
         The ranks that train together; None is every rank of the job. It is used
         as given and shared by clones.
 """
+
+# Defaults of the linear models, which L-BFGS solves to their optimum.
+_CONVEX = dict(solver="lbfgs", tol=None, lbfgs_note="")
+# The MLPs keep Adam: their objective is not convex, and L-BFGS finds a local minimum
+# near the start, like any other solver.
+_NON_CONVEX = dict(solver="adam", tol=1e-4, lbfgs_note="\n        The objective is not "
+                   "convex: L-BFGS, too, ends in a local minimum that\n        depends "
+                   "on the initial weights (``random_state``).")
+
+_C = """
+    C : float or None, default=None
+        Inverse of the L2 strength, as scikit-learn's ``C``: alpha = 1 / (C * n),
+        with n the rows over every rank, so that C * sum(loss) + ||W||^2 / 2 is
+        minimized; ``np.inf``: no L2 penalty. None: ``alpha`` decides; giving both is
+        an error."""
 
 _FITTED = """
     n_features_in_ : int
@@ -234,9 +257,11 @@ _FITTED = """
         Names of the features, when fit was given a DataFrame with string column
         names.
     n_iter_ : int
-        Epochs run.
+        Iterations (solver="lbfgs") or epochs run.
     loss_curve_ : list of float
-        Training loss (mean over every rank's rows) after each epoch.
+        solver="lbfgs": the objective (mean loss over every rank's rows + the
+        penalties) after each iteration; otherwise the training loss (mean over every
+        rank's rows) after each epoch.
 """
 
 
@@ -261,19 +286,22 @@ _MLP_PARAMS = """
 
 class LinearRegression(_Regressor):
     __doc__ = _doc(
-        "Least squares linear regression, trained by minibatch gradient descent over\n"
-        "    MPI ranks (model \"linear\"). Its ``alpha`` defaults to 0: ordinary least squares.",
+        "Least squares linear regression over MPI ranks (model \"linear\"), by full-batch\n"
+        "    L-BFGS or minibatch gradient descent. The objective is mean((X w + b - y)^2) / 2\n"
+        "    + alpha / 2 * ||w||^2 + l1 * ||w||_1: scikit-learn's Ridge(alpha=a) is\n"
+        "    alpha = a / n (n rows over every rank). ``alpha`` defaults to 0: ordinary\n"
+        "    least squares.",
         "", """
     coef_ : ndarray of shape (n_features,)
         Weights on the raw features (the standardization folded in).
     intercept_ : float
-        The intercept on the raw features.""", alpha=0.0, lr=0.01, epochs=100)
+        The intercept on the raw features.""", alpha=0.0, lr=0.01, epochs=100, **_CONVEX)
 
-    def __init__(self, *, alpha=0.0, l1=0.0, solver="adam", learning_rate_init=0.01,
+    def __init__(self, *, alpha=0.0, l1=0.0, solver="lbfgs", learning_rate_init=0.01,
                  momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, batch_size="auto", max_iter=100, tol=1e-4,
+                 epsilon=1e-8, batch_size="auto", max_iter=100, tol=None,
                  n_iter_no_change=10, random_state=None, schedule="constant",
-                 warmup_steps=0, standardize=True, shards=131072, device="cpu",
+                 warmup_steps=0, standardize="auto", shards=131072, device="cpu",
                  verbose=False, comm=None):
         _keep(self, locals())
 
@@ -288,19 +316,21 @@ class LinearRegression(_Regressor):
 class LogisticRegression(_Probabilities, _Classifier):
     __doc__ = _doc(
         "Logistic regression over MPI ranks: model \"logistic\" for two classes,\n"
-        "    multinomial \"softmax\" for more.", "", """
+        "    multinomial \"softmax\" for more. The objective is the mean log-loss +\n"
+        "    alpha / 2 * ||W||^2 + l1 * ||W||_1 (intercepts not penalized); under\n"
+        "    solver=\"lbfgs\" with C given, scikit-learn's optimum for the same C.", _C, """
     classes_ : ndarray of shape (n_classes,)
         The labels, sorted: the union of every rank's labels.
     coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
         Weights on the raw features (the standardization folded in).
     intercept_ : ndarray of shape (1,) or (n_classes,)
-        The intercepts on the raw features.""", alpha=1e-4, lr=0.01, epochs=100)
+        The intercepts on the raw features.""", alpha=1e-4, lr=0.01, epochs=100, **_CONVEX)
 
-    def __init__(self, *, alpha=1e-4, l1=0.0, solver="adam", learning_rate_init=0.01,
-                 momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, batch_size="auto", max_iter=100, tol=1e-4,
+    def __init__(self, *, alpha=1e-4, C=None, l1=0.0, solver="lbfgs",
+                 learning_rate_init=0.01, momentum=0.9, nesterovs_momentum=True, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, batch_size="auto", max_iter=100, tol=None,
                  n_iter_no_change=10, random_state=None, schedule="constant",
-                 warmup_steps=0, standardize=True, shards=131072, device="cpu",
+                 warmup_steps=0, standardize="auto", shards=131072, device="cpu",
                  verbose=False, comm=None):
         _keep(self, locals())
 
@@ -313,21 +343,27 @@ class LogisticRegression(_Probabilities, _Classifier):
 
 class LinearSVC(_Classifier):
     __doc__ = _doc(
-        "Linear support vector classifier over MPI ranks (hinge loss, model \"svm\").\n"
-        "    Binary only: y must hold exactly two classes. It gives no probabilities.",
-        "", """
+        "Linear support vector classifier over MPI ranks (model \"svm\"): the mean of\n"
+        "    max(0, 1 - t z)^2 (t = +-1; or max(0, 1 - t z) for loss=\"hinge\") + alpha / 2 *\n"
+        "    ||w||^2 + l1 * ||w||_1, the intercept not penalized (scikit-learn's LinearSVC\n"
+        "    penalizes it, so its optimum differs slightly). Binary only: y must hold\n"
+        "    exactly two classes. It gives no probabilities.",
+        _C + """
+    loss : {"squared_hinge", "hinge"}, default="squared_hinge"
+        The loss. "hinge" is not differentiable: it needs solver "sgd", "adam" or
+        "adamw".""", """
     classes_ : ndarray of shape (2,)
         The two labels, sorted.
     coef_ : ndarray of shape (1, n_features)
         Weights on the raw features (the standardization folded in).
     intercept_ : ndarray of shape (1,)
-        The intercept on the raw features.""", alpha=1e-4, lr=0.01, epochs=100)
+        The intercept on the raw features.""", alpha=1e-4, lr=0.01, epochs=100, **_CONVEX)
 
-    def __init__(self, *, alpha=1e-4, l1=0.0, solver="adam", learning_rate_init=0.01,
-                 momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, batch_size="auto", max_iter=100, tol=1e-4,
+    def __init__(self, *, alpha=1e-4, C=None, loss="squared_hinge", l1=0.0, solver="lbfgs",
+                 learning_rate_init=0.01, momentum=0.9, nesterovs_momentum=True, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, batch_size="auto", max_iter=100, tol=None,
                  n_iter_no_change=10, random_state=None, schedule="constant",
-                 warmup_steps=0, standardize=True, shards=131072, device="cpu",
+                 warmup_steps=0, standardize="auto", shards=131072, device="cpu",
                  verbose=False, comm=None):
         _keep(self, locals())
 
@@ -362,13 +398,13 @@ class MLPClassifier(_MLP, _Probabilities, _Classifier):
     coefs_ : list of ndarray
         Weights of each layer, shape (n_in, n_out); the first on the raw features.
     intercepts_ : list of ndarray
-        Biases of each layer.""", alpha=1e-4, lr=0.001, epochs=200)
+        Biases of each layer.""", alpha=1e-4, lr=0.001, epochs=200, **_NON_CONVEX)
 
     def __init__(self, *, hidden_layer_sizes=(100,), activation="relu", alpha=1e-4, l1=0.0,
                  solver="adam", learning_rate_init=0.001, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
-                 random_state=None, schedule="constant", warmup_steps=0, standardize=True,
+                 random_state=None, schedule="constant", warmup_steps=0, standardize="auto",
                  shards=131072, device="cpu", verbose=False, comm=None):
         _keep(self, locals())
 
@@ -380,12 +416,12 @@ class MLPRegressor(_MLP, _Regressor):
     coefs_ : list of ndarray
         Weights of each layer, shape (n_in, n_out); the first on the raw features.
     intercepts_ : list of ndarray
-        Biases of each layer.""", alpha=1e-4, lr=0.001, epochs=200)
+        Biases of each layer.""", alpha=1e-4, lr=0.001, epochs=200, **_NON_CONVEX)
 
     def __init__(self, *, hidden_layer_sizes=(100,), activation="relu", alpha=1e-4, l1=0.0,
                  solver="adam", learning_rate_init=0.001, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
-                 random_state=None, schedule="constant", warmup_steps=0, standardize=True,
+                 random_state=None, schedule="constant", warmup_steps=0, standardize="auto",
                  shards=131072, device="cpu", verbose=False, comm=None):
         _keep(self, locals())

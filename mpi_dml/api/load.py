@@ -89,15 +89,20 @@ def _read(path):
 
 
 def _loss_curve(folder: Path, info: dict):
-    """The training loss per epoch: from model.json (a saved estimator), else from the
-    metrics.jsonl that train writes beside it; None when neither says."""
+    """The training loss per epoch, or L-BFGS's objective per iteration: from
+    model.json (a saved estimator), else from the metrics.jsonl that train writes
+    beside it, as fit reads it; None when neither says."""
+    from .est_base import training_curve
+
     curve = info.get("loss_curve")
     if isinstance(curve, list) and all(isinstance(v, (int, float)) for v in curve):
         return [float(v) for v in curve]
     try:
         lines = (folder / "metrics.jsonl").read_text().splitlines()
-        return [float(json.loads(line)["train_loss"]) for line in lines if line.strip()]
-    except (OSError, ValueError, KeyError, TypeError):
+        optimizer = (info.get("config") or {}).get("optimizer")
+        return training_curve([json.loads(line) for line in lines if line.strip()],
+                              optimizer)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -42,8 +42,11 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
         refuse(f"for model {old_m.get('kind')}", f"builds {model_desc.get('kind')}",
                "other --model?")
     if old_m.get("loss") != model_desc.get("loss"):
+        # The svm's loss is a setting of its own; other kinds take theirs from the task.
+        hint = (f"resume with --loss {old_m.get('loss')}" if model_desc.get("kind") == "svm"
+                else "other --task?")
         refuse(f"for a model with {old_m.get('loss')} loss",
-               f"uses {model_desc.get('loss')} loss", "other --task?")
+               f"uses {model_desc.get('loss')} loss", hint)
     if "layers" in old_m and "layers" in model_desc:
         old_w, new_w = _widths(old_m["layers"]), _widths(model_desc["layers"])
         if old_w != new_w:

@@ -33,7 +33,7 @@ import numpy as np
 from .. import __version__
 from ..algorithms import make_algorithm
 from ..algorithms.base import Batch
-from ..config import parse_interval
+from ..config import model_loss, parse_interval
 from ..data.standardize import scaled, standardization
 from ..data.training import load_training
 from ..devices import select_device
@@ -146,7 +146,7 @@ class Engine:
         dtype = np.dtype(cfg.dtype)
         if self.model is None:
             self.model = build_model(cfg.model, cfg.task, data.n_features,
-                                     data.n_classes, cfg.hidden, cfg.activation)
+                                     data.n_classes, cfg.hidden, cfg.activation, model_loss(cfg))
         model = self.model
         host = np.zeros(model.size, dtype=dtype)
         if resumed is None:

@@ -32,15 +32,20 @@ class Progress:
         self._last = now
         width = 30
         done = int(width * (step + 1) / max(self.steps, 1))
-        self.stream.write(f"\repoch {epoch + 1}/{self.epochs} [{'#' * done}{'.' * (width - done)}] "
+        # Epochs before the periods counted (a warm start of L-BFGS) have no total here.
+        of = f"/{self.epochs}" if self.period_name == "epoch" else ""
+        self.stream.write(f"\repoch {epoch + 1}{of} [{'#' * done}{'.' * (width - done)}] "
                           f"{step + 1}/{self.steps}")
         self.stream.flush()
 
     def period(self, index: int, record: dict):
         if self.mode == "none":
             return
-        of = f"/{self.epochs}" if self.epochs else ""
-        parts = [f"{self.period_name} {index + 1}{of}"]
+        # A record names its own kind of period (SGD epochs before L-BFGS iterations).
+        name = next((key for key in ("epoch", "iteration") if key in record),
+                     self.period_name)
+        of = f"/{self.epochs}" if self.epochs and name == self.period_name else ""
+        parts = [f"{name} {index + 1}{of}"]
         for key, label in (("train_loss", "loss"), ("objective", "objective"),
                            ("val_loss", "val_loss"), ("val_accuracy", "val_accuracy"),
                            ("val_r2", "val_r2")):

@@ -6,7 +6,7 @@ edited by hand, copied half-way, or written by another release. ``evaluate`` and
 every rank with one message (exit status 2) instead of a traceback later on. Each
 message names the file, the field, the rule and the value:
 
-    runs/a/model.json: 'loss' must be one of squared, logistic, hinge, softmax. Got 'cubic' instead.
+    runs/a/model.json: 'loss' must be hinge or squared_hinge for kind svm. Got 'softmax' instead.
 
 Every folder that ``train`` writes passes these checks.
 """
@@ -18,7 +18,8 @@ import numpy as np
 
 from ..config import DTYPES
 from ..errors import UserError
-from ..models import HIDDEN_ACTIVATIONS, LOSSES, MODELS, TASKS, Layer, Model, build_model
+from ..models import (HIDDEN_ACTIVATIONS, LOSS_CHOICES, LOSSES, MODELS, TASKS, Layer, Model,
+                      build_model)
 
 FORMAT = "mpi_dml.model"
 FORMAT_VERSION = 1
@@ -27,11 +28,12 @@ FORMAT_VERSION = 1
 # here can be run.
 OUTPUT_ACTIVATION = "identity"
 
-# The losses build_model gives each kind over all tasks, so this table cannot drift
-# from what train writes: linear squared, logistic logistic, svm hinge, softmax
-# softmax, mlp softmax or squared.
-KIND_LOSSES = {kind: tuple(dict.fromkeys(build_model(kind, task, 1, 2, (1,)).loss
-                                         for task in TASKS))
+# The losses build_model gives each kind over all tasks and loss choices, so this table
+# cannot drift from what train writes: linear squared, logistic logistic, svm hinge or
+# squared_hinge, softmax softmax, mlp softmax or squared.
+KIND_LOSSES = {kind: tuple(dict.fromkeys(
+                   [build_model(kind, task, 1, 2, (1,)).loss for task in TASKS]
+                   + list(LOSS_CHOICES.get(kind, ()))))
                for kind in MODELS}
 
 MISSING = object()  # a key absent from model.json, told apart from a null value

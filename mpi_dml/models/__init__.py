@@ -2,6 +2,7 @@
 
     >>> model = build_model("mlp", "classification", n_features=64, n_classes=10,
     ...                     hidden=(128,), activation="relu")
+    >>> svm = build_model("svm", "classification", 64, 2, loss="squared_hinge")
 
 Each kind is a small builder in ``KINDS``; ``build_model`` looks it up. A model the
 engine does not know is written against the same ``Model`` interface (see ``dense``).
@@ -25,8 +26,8 @@ def _logistic(task, n_features, n_classes, hidden, activation) -> Model:
     return Model("logistic", [Layer(n_features, 1, "identity")], "logistic")
 
 
-def _svm(task, n_features, n_classes, hidden, activation) -> Model:
-    return Model("svm", [Layer(n_features, 1, "identity")], "hinge")
+def _svm(task, n_features, n_classes, hidden, activation, loss="hinge") -> Model:
+    return Model("svm", [Layer(n_features, 1, "identity")], loss)
 
 
 def _softmax(task, n_features, n_classes, hidden, activation) -> Model:
@@ -50,6 +51,9 @@ KINDS = {
     "mlp": (_mlp, None),
 }
 MODELS = tuple(KINDS)
+# Kinds whose loss is a choice (build_model's ``loss``), the default first: the svm's
+# hinge, or its squared form, which is smooth and so suits L-BFGS.
+LOSS_CHOICES = {"svm": ("hinge", "squared_hinge")}
 
 
 def default_task(kind: str) -> str:
@@ -59,11 +63,24 @@ def default_task(kind: str) -> str:
 
 
 def build_model(kind: str, task: str, n_features: int, n_classes: int,
-                hidden=(), activation: str = "relu") -> Model:
-    """The Model for a config's model/task and the data's width and classes."""
+                hidden=(), activation: str = "relu", loss: str | None = None) -> Model:
+    """The Model for a config's model/task and the data's width and classes.
+
+    ``loss`` None keeps the kind's own loss; a kind in ``LOSS_CHOICES`` may be given
+    one of its choices instead (``config.model_loss`` resolves the svm's).
+    """
     builder, _ = KINDS[kind]
-    return builder(task, n_features, n_classes, tuple(hidden), activation)
+    if loss is None:
+        return builder(task, n_features, n_classes, tuple(hidden), activation)
+    choices = LOSS_CHOICES.get(kind)
+    if choices is None:
+        raise ValueError(f"The loss of model {kind} is fixed: loss must be None. "
+                         f"Got {loss!r} instead.")
+    if loss not in choices:
+        raise ValueError(f"The loss of model {kind} must be one of {', '.join(choices)}. "
+                         f"Got {loss!r} instead.")
+    return builder(task, n_features, n_classes, tuple(hidden), activation, loss=loss)
 
 
-__all__ = ["HIDDEN_ACTIVATIONS", "KINDS", "LOSSES", "Layer", "MODELS", "Model", "TASKS",
-           "build_model", "default_task", "labels_for_loss", "predictions"]
+__all__ = ["HIDDEN_ACTIVATIONS", "KINDS", "LOSS_CHOICES", "LOSSES", "Layer", "MODELS", "Model",
+           "TASKS", "build_model", "default_task", "labels_for_loss", "predictions"]

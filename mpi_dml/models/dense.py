@@ -57,7 +57,7 @@ class Model:
     ----------
     kind : linear, logistic, softmax, svm or mlp.
     layers : the dense layers, input to output.
-    loss : squared, logistic, hinge or softmax.
+    loss : squared, logistic, hinge, squared_hinge or softmax (``losses.LOSSES``).
     """
 
     def __init__(self, kind: str, layers: list[Layer], loss: str):

@@ -15,6 +15,8 @@ LOSSES = {
     "logistic": "logistic_loss_grad",
     "hinge": "hinge_loss_grad",
     "softmax": "softmax_xent",
+    # LIBLINEAR's L2-loss SVM: differentiable, so full-batch solvers (L-BFGS) can use it.
+    "squared_hinge": "squared_hinge_loss_grad",
 }
 
 

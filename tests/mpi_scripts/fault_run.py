@@ -5,8 +5,9 @@ training with one injected fault.
 
 FAULT is what rank RANK does when it computes its gradient for (1-based) step STEP:
 ``sleep`` (hangs for a minute, for the stall watchdog), ``nan`` (a NaN in its
-gradient, with ``--nonfinite skip`` the step is dropped), ``drift`` (nudges one of its parameters, so the replicas differ) or
-``kill`` (SIGKILL to itself, as the OOM killer would). The fault is injected by
+gradient, with ``--nonfinite skip`` the step is dropped), ``drift`` (nudges one of its parameters, so the replicas differ),
+``kill`` (SIGKILL to itself, as the OOM killer would) or ``sigterm`` (SIGTERM to
+itself, as a scheduler's preemption would, at a known point of the computation). The fault is injected by
 wrapping ``Model.loss_grad`` in this script; the engine has no test hooks.
 
 With ``--log DIR`` every rank also appends one JSON line per ``loss_grad`` call to
@@ -51,6 +52,8 @@ def inject(fault: str | None, at_step: int, log: Path | None, rank: int):
                 params[-1] += 1e-3
             elif fault == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            elif fault == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
         return result
 
     models.Model.loss_grad = loss_grad
