@@ -71,9 +71,10 @@ SWEEPS = {"sklearn": (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10),
           "mpi_dml": (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10)}
 QUICK = {"rows": 4000, "features": 10, "sparse_rows": 3000, "sparse_features": 1 << 17,
          "sparse_weight_decay": 1e-2}  # strong: every tool converges in a few iterations
-# Held-out log-loss of the sparse rows falls as wd falls towards 1e-5, and so does
-# conditioning: scikit-learn needs ~350 iterations at 1e-4 on 250k rows and ~2000 at
-# 1/rows (C = 1). 1e-4 keeps a run in minutes.
+# The sparse problem's wd: scikit-learn (tol 1e-6) on 250k of its rows, 50k held out,
+# gave held-out log-loss 0.493 / 0.473 / 0.460 / 0.455 / 0.462 at wd 1e-3 / 3e-4 / 1e-4 /
+# 3e-5 / 1e-5 in 141 / 218 / 353 / 576 / 1030 iterations (~2000 at 1/rows, C = 1).
+# 1e-4 is near the best held-out loss at 60% of the iterations of 3e-5.
 SPARSE_WD = 1e-4
 # Snap ML's own optimum this close to F* in F: it is judged on F like the others.
 OWN_OBJECTIVE_FLOOR = cp.WITHIN / 10
@@ -218,6 +219,11 @@ def solve_problem(problem: str, tools: list, args, ctx, tmp: Path, results: dict
     every = [r for m in sweeps.values() for r in m["runs"]]
     refs["best"] = min([ref["objective"]] + [cp.objective(x, y, r["weights"], r["bias"], wd)
                                              for r in every])
+    if "snapml" in sweeps:
+        refs["snap_best"] = min([refs["snap_best"]] + [
+            cp.objective(x, y, r["weights"], r["bias"], wd,
+                         bias_penalty=wd / ctx.intercept_scaling ** 2)
+            for r in sweeps["snapml"]["runs"]])
     for tool, m in sweeps.items():
         for r in m["runs"]:
             rescore(tool, prob, r, refs, ctx)

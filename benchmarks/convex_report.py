@@ -133,7 +133,7 @@ def model_for(p: dict, allreduce: dict) -> tuple[dict, list] | None:
                 for _, t in points]
     fixed, per_row = cp.fit_compute(shares, per_eval)
     evals = max(points)[1]["per_iteration"]["evaluations"]
-    nbytes = (p["features"] + 2) * 8  # gradient, bias and objective, float64
+    nbytes = (p["features"] + 3) * 8  # loss sum, correct count, gradient (weights, bias)
     here = cp.model_rows(n, nbytes, fixed, per_row, evals, allreduce["alpha_s"],
                          allreduce["beta_s_per_byte"])
     fast = cp.model_rows(n, nbytes, fixed, per_row, evals, **{
