@@ -70,6 +70,11 @@ def estimator(tool: str, tol: float, wd: float, n: int, args):
                                      tol=tol, max_iter=1_000_000, n_jobs=args.threads)
 
 
+def intercept_scaling(tool: str) -> float:
+    """Snap ML's ``s`` from a tool's name, ``snapml s=10``; 1 when it names none."""
+    return float(tool.split("s=")[1]) if "s=" in tool else 1.0
+
+
 def solution(tool: str, model, args) -> tuple[np.ndarray, float]:
     """Weights and bias ``b`` of F; Snap ML's ``intercept_`` is ``b / intercept_scaling``."""
     bias = float(np.ravel(model.intercept_)[0])
@@ -113,11 +118,12 @@ def worker(args):
 def run_peer(tool: str, problem: str, path: str, n_features: int, settings, ctx, out: Path,
              best: float = 0.0) -> dict:
     """One worker process: ``tool`` with ``ctx.threads`` threads on ``problem``."""
-    cmd = [sys.executable, str(HERE), "--worker", tool, "--problem", problem, "--data", path,
+    cmd = [sys.executable, str(HERE), "--worker", tool.split()[0], "--problem", problem,
+           "--data", path,
            "--features", str(n_features), "--out", str(out), "--settings", ",".join(f"{s:g}" for s in settings),
            "--weight-decay", repr(ctx.weight_decay[problem]), "--best", repr(best),
            "--threads", str(ctx.threads), "--max-fit-s", str(ctx.max_fit_s),
-           "--intercept-scaling", repr(ctx.intercept_scaling)]
+           "--intercept-scaling", repr(intercept_scaling(tool))]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=ctx.timeout,
                             env=common.worker_env(common.threads_env(ctx.threads)),
                             cwd=common.ROOT)
