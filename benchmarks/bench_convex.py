@@ -167,7 +167,7 @@ def run_tool(tool: str, problem: str, prob: dict, settings_, ctx, tmp: Path,
     return measured
 
 
-def rescore(tool: str, prob: dict, r: dict, refs: dict, ctx):
+def rescore(tool: str, prob: dict, r: dict, refs: dict):
     """The benchmark's scores of one run (and Snap ML's on its own objective)."""
     r.update(cp.score(prob["x"], prob["y"], prob["wd"], r["weights"], r["bias"],
                       refs["best"]))
@@ -228,7 +228,7 @@ def solve_problem(problem: str, tools: list, args, ctx, tmp: Path, results: dict
             for r in sweeps.get(tool, {"runs": []})["runs"]])
     for tool, m in sweeps.items():
         for r in m["runs"]:
-            rescore(tool, prob, r, refs, ctx)
+            rescore(tool, prob, r, refs)
     if failures:
         return failures
     winners = {tool: next((r for r in m["runs"] if r["within"]), None)
@@ -237,7 +237,7 @@ def solve_problem(problem: str, tools: list, args, ctx, tmp: Path, results: dict
 
     def again(tool):
         r = run_tool(tool, problem, prob, [winners[tool]["setting"]], ctx, tmp)["runs"][0]
-        rescore(tool, prob, r, refs, ctx)
+        rescore(tool, prob, r, refs)
         if not r["within"]:
             raise RuntimeError(f"{tool} on {problem}: a repeat of tol {r['setting']:g} scored "
                                f"{r['gap']:.2e} from F*, outside {cp.WITHIN:g}")

@@ -174,8 +174,9 @@ def report(results: dict, target: float, own_floor: float) -> str:
                  "the file (mpi_dml: wall s less train s, start-up included)")
     if "allreduce" in results:
         a = results["allreduce"]
-        lines += ["", "where mpi_dml's time goes, per iteration (means of its own timers; "
-                      "allreduce includes waiting for the slowest rank):",
+        lines += ["", "where mpi_dml's time goes, per iteration (means of its own timers, "
+                      "compute and allreduce each the slowest rank's, so at 2 ranks 'other' "
+                      "can be below 0; allreduce includes waiting for the slowest rank):",
                   where_table(results), "",
                   f"Allreduce fitted to bench_allreduce.py at 2 ranks here: alpha "
                   f"{a['alpha_s'] * 1e6:.2f} us, beta {a['beta_s_per_byte'] * 1e9:.3f} ns/byte "
