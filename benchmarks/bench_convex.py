@@ -1,8 +1,8 @@
 """Full-batch convex solvers: time to the optimum of mpi_dml's L-BFGS, scikit-learn and Snap ML.
 
-    $ python benchmarks/bench_convex.py                         # dense 500k x 50, sparse 250k x 2**20
+    $ python benchmarks/bench_convex.py               # dense 500k x 50, sparse 250k x 2**20
     $ python benchmarks/bench_convex.py --problems dense --ranks 1,2,4 --json convex.json
-    $ python benchmarks/bench_convex.py --quick                 # tiny problems: the test's run
+    $ python benchmarks/bench_convex.py --quick       # tiny problems: the test's run
 
 The driver (plain ``python``, no MPI of its own) does, per problem:
 
@@ -270,7 +270,8 @@ def drive(args) -> int:
     tools = ["sklearn", *snap] + [f"mpi_dml x{p}" for p in ranks]
     if args.skip_snapml or "snapml" not in info:
         tools = [t for t in tools if t not in snap]
-        why = "--skip-snapml" if args.skip_snapml else "snapml is not installed (pip install snapml)"
+        why = ("--skip-snapml" if args.skip_snapml else
+               "snapml is not installed (pip install snapml)")
         results["skipped"]["snapml"] = why
         print(f"SKIP snapml: {why}")
     ctx = argparse.Namespace(threads=args.threads, max_fit_s=args.max_fit_s,

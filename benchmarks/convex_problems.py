@@ -176,7 +176,8 @@ def model_rows(rows: int, nbytes: int, fixed: float, per_row: float, evaluations
         comm = allreduce_time(p, nbytes, alpha, beta)
         strong = evaluations * (fixed + per_row * share + comm)
         weak = evaluations * (fixed + per_row * rows + comm)
-        out.append({"p": p, "rows_per_rank": share, "compute_s": evaluations * (fixed + per_row * share),
+        out.append({"p": p, "rows_per_rank": share,
+                    "compute_s": evaluations * (fixed + per_row * share),
                     "allreduce_s": evaluations * comm, "strong_s": strong, "weak_s": weak})
         p *= 2
     base = out[0]["strong_s"]

@@ -196,9 +196,9 @@ def report(results: dict, target: float, own_floor: float) -> str:
                       model_table(rows)]
         lines.append("Allreduce assumed: Rabenseifner's (recursive-halving reduce-scatter, "
                      "recursive-doubling allgather), 2 log2(P) alpha + 2 (P-1)/P bytes beta; "
-                     "net: a real interconnect, alpha 2 us, beta 1/(10 GB/s). Compute per row assumed constant "
-                     "(no cache effects) and every rank's share equal; the fixed part is "
-                     "what did not halve from 1 to 2 ranks: the L-BFGS vector work over all "
+                     "net: a real interconnect, alpha 2 us, beta 1/(10 GB/s). Compute per "
+                     "row assumed constant (no cache effects) and every rank's share "
+                     "equal; the fixed part is what did not halve from 1 to 2 ranks: the L-BFGS vector work over all "
                      "weights, which every rank repeats, and on a node whose ranks share "
                      "one memory bus, the bandwidth they share. Neither shrinks with P.")
     lines.append(f"\n1-minute load average: {results['machine']['load_avg_1min']} at the start, "

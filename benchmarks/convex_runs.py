@@ -119,8 +119,8 @@ def run_peer(tool: str, problem: str, path: str, n_features: int, settings, ctx,
              best: float = 0.0) -> dict:
     """One worker process: ``tool`` with ``ctx.threads`` threads on ``problem``."""
     cmd = [sys.executable, str(HERE), "--worker", tool.split()[0], "--problem", problem,
-           "--data", path,
-           "--features", str(n_features), "--out", str(out), "--settings", ",".join(f"{s:g}" for s in settings),
+           "--data", path, "--features", str(n_features), "--out", str(out),
+           "--settings", ",".join(f"{s:g}" for s in settings),
            "--weight-decay", repr(ctx.weight_decay[problem]), "--best", repr(best),
            "--threads", str(ctx.threads), "--max-fit-s", str(ctx.max_fit_s),
            "--intercept-scaling", repr(intercept_scaling(tool))]
