@@ -61,8 +61,10 @@ setup(
         # pandas: the estimators' DataFrame input is tested with it.
         "test": ["pytest>=7", "pandas>=2"],
         # PyTorch for the side-by-side DDP benchmark; Vowpal Wabbit for the sparse one
-        # (wheels for CPython 3.10-3.14 on Linux, no dependencies; 9.11 is the tested floor).
-        "bench": ["torch>=2.0", "vowpalwabbit>=9.11"],
+        # (wheels for CPython 3.10-3.14 on Linux, no dependencies; 9.11 is the tested floor);
+        # Snap ML for the full-batch convex one (1.17 is the version whose objective
+        # bench_convex.py checked: its intercept is regularized, see convex_problems.py).
+        "bench": ["torch>=2.0", "vowpalwabbit>=9.11", "snapml>=1.17"],
         # --device gpu, for CUDA 12 (see README for other CUDA versions): CuPy with the
         # CUDA libraries it loads (the ctk extra: cuBLAS, NVRTC, ...), the Numba CUDA
         # target for the kernels, and NCCL for the gradient exchange between GPUs. Only
