@@ -107,6 +107,17 @@ def test_libsvm_rows_and_a_warm_start_reach_the_same_optimum(data, one_rank, tmp
     sparse = tmp_path / "sparse"
     train(2, data, sparse, source="svm")
     assert relative(weights(sparse), weights(one_rank)) <= 1e-9
+    # Its folder loads as an estimator (no feature names: LIBSVM numbers them) that
+    # takes sparse rows.
+    import scipy.sparse
+
+    import mpi_dml
+    est = mpi_dml.load(sparse)
+    w, b = weights(sparse)
+    want = data["x"] @ w + b
+    np.testing.assert_allclose(est.decision_function(scipy.sparse.csr_matrix(data["x"])),
+                               want, rtol=1e-12, atol=1e-12)
+    assert not hasattr(est, "feature_names_in_")
     # Two epochs of SGD first: their lines come first, then L-BFGS's from where SGD ended.
     warm = tmp_path / "warm"
     train(2, data, warm, "--warm-start-epochs", "2", "--lr", "0.1", "--batch-size", "32")

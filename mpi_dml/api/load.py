@@ -70,8 +70,8 @@ def load(path, comm=None):
     est.comm = comm
     est._label_column = info["label_column"]
     est._set_fitted(loaded.model, loaded.params, loaded.standardize, info, history)
-    names = info["feature_names"]
-    if names != [f"x{j}" for j in range(len(names))]:  # not the names fit makes up
+    names = info["feature_names"]  # None for a model of LIBSVM rows: numbered features
+    if names is not None and names != [f"x{j}" for j in range(len(names))]:
         est.feature_names_in_ = _object_array(names)
     return est
 
