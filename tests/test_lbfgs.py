@@ -402,3 +402,20 @@ def test_a_custom_model_solved_by_lbfgs_is_ridge_in_closed_form():
     want = np.linalg.solve(a.T @ a / len(x) + penalty, a.T @ y / len(x))
     np.testing.assert_allclose(result.params, want, rtol=1e-9, atol=1e-12)
     assert result.n_iter == len(result.history) < 200
+
+
+def test_the_solvers_scalars_do_not_depend_on_blas_threads():
+    """Ranks may run with different thread counts (nodes of other sizes); the solver's
+    dot products must give every rank the same bits, or the iterates drift apart."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(7)
+    n, m = 300_000, 3
+    grad = rng.normal(size=n)
+    s = rng.normal(size=(m, n))
+    y = s * rng.uniform(0.5, 2.0, size=n)
+    results = []
+    for threads in (1, 2):
+        with threadpool_limits(threads):
+            results.append(two_loop(grad, s, y, order=[2, 1, 0]))
+    np.testing.assert_array_equal(results[0], results[1])

@@ -46,7 +46,7 @@ from ..errors import TrainingFailed
 from .base import Algorithm, Batch, FullPass
 from .line_search import ACCEPT, FAILED, Backtracking, StrongWolfe, rounding_slack
 from .minibatch import Minibatch
-from .quasi_newton import constrain, orthant, project, pseudo_gradient, two_loop
+from .quasi_newton import constrain, dot, norm, orthant, project, pseudo_gradient, two_loop
 
 # Slots of the reduced buffer before the gradient.
 LOSS, CORRECT, GRAD = 0, 1, 2
@@ -227,7 +227,7 @@ class LBFGS(Algorithm):
             if self.l1:
                 f += self.l1 * float(xp.abs(weights).sum())
             if self.wd:
-                f += 0.5 * self.wd * float(xp.dot(weights, weights))
+                f += 0.5 * self.wd * dot(weights, weights)
                 weights *= self.wd
                 grad += weights
         self.index += 1
@@ -236,9 +236,9 @@ class LBFGS(Algorithm):
             self._start(f, loss, accuracy, grad)
             return
         if self.l1:
-            status = self.search.observe(f, float(xp.dot(self._pseudo(), point - self.params)))
+            status = self.search.observe(f, dot(self._pseudo(), point - self.params))
         else:
-            status = self.search.observe(f, float(xp.dot(grad, self.direction)))
+            status = self.search.observe(f, dot(grad, self.direction))
         if status == ACCEPT:
             self._accept(point, f, loss, accuracy, grad)
         elif status == FAILED:
@@ -285,7 +285,7 @@ class LBFGS(Algorithm):
         self.objective, self.loss, self.accuracy = f, loss, accuracy
         self.grad[...] = grad
         self._pg = None
-        self.grad_norm = self.grad_norm0 = self._norm(self._pseudo())
+        self.grad_norm = self.grad_norm0 = norm(self._pseudo())
         if self.grad_norm0 == 0:
             self._finish(1)
             return
@@ -296,7 +296,7 @@ class LBFGS(Algorithm):
         xp = array_module(self.params)
         s_new = xp.subtract(point, self.params, out=self._s_new)
         y_new = xp.subtract(grad, self.grad, out=self._y_new)
-        if float(xp.dot(s_new, y_new)) > 1e-10 * float(xp.dot(y_new, y_new)):
+        if dot(s_new, y_new) > 1e-10 * dot(y_new, y_new):
             self.newest = (self.newest + 1) % self.memory
             self.s[self.newest], self.y[self.newest] = s_new, y_new
             self.pairs = min(self.pairs + 1, self.memory)
@@ -306,7 +306,7 @@ class LBFGS(Algorithm):
         self._pg = None
         self.objective, self.loss, self.accuracy = f, loss, accuracy
         self.accepted_step = self.search.step
-        self.grad_norm = self._norm(self._pseudo())
+        self.grad_norm = norm(self._pseudo())
         self.iteration += 1
         self._ended = True
         self.rounds = self.index
@@ -333,14 +333,14 @@ class LBFGS(Algorithm):
             xp.negative(pg, out=direction)
         if self.l1:
             direction[...] = constrain(direction, pg)
-        slope = float(xp.dot(pg, direction))
+        slope = dot(pg, direction)
         if not slope < 0:  # not a descent direction: forget the history
             self.pairs = 0
             xp.negative(pg, out=direction)
-            slope = -float(xp.dot(pg, pg))
+            slope = -dot(pg, pg)
         # Without curvature pairs the first trial moves a unit distance; with them the
         # quasi-Newton step is already scaled.
-        step = 1.0 if self.pairs else 1.0 / self._norm(pg)
+        step = 1.0 if self.pairs else 1.0 / norm(pg)
         slack = rounding_slack(f, self.dtype)
         self.search = (Backtracking(f, step, slack) if self.l1
                        else StrongWolfe(f, slope, step, slack))
@@ -359,10 +359,6 @@ class LBFGS(Algorithm):
         self.done, self.stop, self._ended = 1, code, True
         self.rounds = self.index
         self.search = None
-
-    @staticmethod
-    def _norm(v) -> float:
-        return float(array_module(v).linalg.norm(v))
 
     # --- records ----------------------------------------------------------------------
     def period_record(self, period: int, totals) -> dict:

@@ -12,7 +12,27 @@ log-linear models", ICML 2007 (OWL-QN).
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ..devices.arrays import array_module
+
+
+def dot(a, b) -> float:
+    """a . b with the same bits on every rank. Each rank computes the solver's scalars
+    from the same vectors, and every decision (a step, a stop) follows from them; a
+    threaded BLAS dot sums in an order that depends on its thread count, which can
+    differ between ranks (nodes of other sizes, uneven ranks per node). NumPy's einsum
+    sums in one fixed order, on one thread."""
+    xp = array_module(a)
+    if xp is np:
+        return float(np.einsum("i,i->", a, b))
+    return float(xp.dot(a, b))
+
+
+def norm(a) -> float:
+    return math.sqrt(dot(a, a))
 
 
 def two_loop(grad, s, y, order, out=None, scratch=None):
@@ -27,15 +47,15 @@ def two_loop(grad, s, y, order, out=None, scratch=None):
     tmp = xp.empty_like(grad) if scratch is None else scratch
     alphas, rhos = [], []
     for j in order:
-        rho = 1.0 / float(xp.dot(y[j], s[j]))
-        a = rho * float(xp.dot(s[j], q))
+        rho = 1.0 / dot(y[j], s[j])
+        a = rho * dot(s[j], q)
         q -= xp.multiply(y[j], a, out=tmp)
         alphas.append(a)
         rhos.append(rho)
     newest = order[0]
-    q *= float(xp.dot(s[newest], y[newest])) / float(xp.dot(y[newest], y[newest]))
+    q *= dot(s[newest], y[newest]) / dot(y[newest], y[newest])
     for j, a, rho in zip(reversed(order), reversed(alphas), reversed(rhos)):
-        b = rho * float(xp.dot(y[j], q))
+        b = rho * dot(y[j], q)
         q += xp.multiply(s[j], a - b, out=tmp)
     return xp.negative(q, out=q)
 
