@@ -349,8 +349,10 @@ def test_an_mlp_is_driven_to_a_stationary_point_of_its_objective():
     ({"history": 5}, r"with history 10; this run has 5 \(.*resume with --history 10\)"),
     ({"warm_start_epochs": 2},
      r"with warm_start_epochs 0; this run has 2 \(.*resume with --warm-start-epochs 0\)"),
+    ({"weight_decay": 1e-3}, r"with weight_decay 0.0; this run has 0.001"),
+    ({"l1": 1e-3}, r"with l1 0.0; this run has 0.001 \(.*resume with --l1 0.0\)"),
 ])
-def test_a_resume_that_changes_the_solvers_state_shape_is_refused(change, message):
+def test_a_resume_that_changes_what_the_solvers_state_means_is_refused(change, message):
     from test_checkpoint import describe, make_cfg, make_state
 
     from mpi_dml.engine.compatibility import check_compatible
@@ -397,6 +399,9 @@ def test_a_custom_model_solved_by_lbfgs_is_ridge_in_closed_form():
     alpha = 0.05
     result = mpi_dml.train(LeastSquares(4), x, y, solver="lbfgs", alpha=alpha,
                            max_iter=200, tol=1e-14)
+    # None (as for the other settings) leaves L-BFGS its own stopping rule.
+    assert mpi_dml.train(LeastSquares(4), x, y, solver="lbfgs", alpha=alpha,
+                         tol=None).history[-1]["stop"] in ("gradient", "objective")
     a = np.column_stack([x, np.ones(len(x))])
     penalty = np.diag([alpha] * 4 + [0.0])
     want = np.linalg.solve(a.T @ a / len(x) + penalty, a.T @ y / len(x))

@@ -312,9 +312,10 @@ def _config(settings: dict, world_size: int):
     if values["optimizer"] == "lbfgs":
         # Full batch: max_iter counts iterations, and tol=0 (the default, which turns
         # early stopping off for the minibatch solvers) leaves L-BFGS its own.
-        values["max_iter"] = values.pop("epochs")
-        if not values["tol"]:
-            del values["tol"]
+        if "epochs" in values:
+            values["max_iter"] = values.pop("epochs")
+        if not values.get("tol"):
+            values.pop("tol", None)
     # The engine is handed the model itself; "linear" only tells the data loader that
     # targets are numbers, not classes. The model computes with NumPy: host arrays.
     values.update(model="linear", task="regression", device="cpu")

@@ -66,9 +66,11 @@ def check_compatible(state, cfg, model_desc: dict, data_desc: dict, path,
         refuse(f"with optimizer {old_c.get('optimizer')}", f"uses {new_c['optimizer']}",
                "its state means something else to another optimizer: other --optimizer?")
     if new_c["optimizer"] == "lbfgs":
-        # They fix the shapes of the solver's state: the pairs kept, SGD's velocity.
-        for key in ("history", "warm_start_epochs"):
-            old = old_c.get(key, 0 if key == "warm_start_epochs" else 10)
+        # The pairs kept and SGD's velocity fix the shapes of the solver's state; the
+        # penalties fix the objective its gradient, history and line search belong to.
+        for key, default in (("history", 10), ("warm_start_epochs", 0),
+                             ("weight_decay", 0.0), ("l1", 0.0)):
+            old = old_c.get(key, default)
             if old != new_c[key]:
                 refuse(f"with {key} {old}", f"has {new_c[key]}", "the solver's state "
                        f"depends on it: resume with --{key.replace('_', '-')} {old}")
