@@ -52,3 +52,30 @@ def test_sparse_rows_on_a_real_gpu_solve_the_dense_problem(name):
     on_gpu = st.fit(comm, name, data=data, device=gpu_device.GpuDevice(comm, np.float64))
     dense = st.fit(comm, name, data=data, dense=True, device=CpuDevice(comm, np.float64))
     assert gap(on_gpu.params, dense.params) <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["logistic_lbfgs", "softmax_owlqn"])
+def test_host_rows_cross_to_the_gpu_a_chunk_at_a_time(fake_sparse_gpu, monkeypatch,  # noqa: F811
+                                                      name):
+    """Rows left on the host (sparse ones always; dense ones that do not fit) are never
+    copied to the device whole: each evaluation moves them a chunk at a time."""
+    from mpi_dml.algorithms import lbfgs
+
+    monkeypatch.setattr(lbfgs, "PASS_VALUES", 1000)
+    monkeypatch.setattr(lbfgs, "MIN_CHUNK", 50)
+    moved = []
+    plain = gpu_device.GpuDevice.from_host
+
+    def from_host(self, array):
+        if hasattr(array, "indptr"):
+            moved.append(array.shape[0])
+        return plain(self, array)
+
+    monkeypatch.setattr(gpu_device.GpuDevice, "from_host", from_host)
+    comm = Comm.world()
+    data = st.rows()
+    on_gpu = st.fit(comm, name, data=data, device=gpu_device.GpuDevice(comm, np.float64))
+    dense = st.fit(comm, name, data=data, dense=True, device=CpuDevice(comm, np.float64))
+    # Chunks of 1000 values of input: rows hold 6 to 10 nonzeros (one more counted).
+    assert moved and max(moved) <= 1000 // 7 < st.N_ROWS
+    assert gap(on_gpu.params, dense.params) <= 1e-9

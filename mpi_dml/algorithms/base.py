@@ -14,7 +14,9 @@ meet once per round, and a round is one Allreduce:
 
 ``request`` is a ``Batch`` (global minibatch ``step`` of ``epoch``, as the data plan
 fixes it from the seed and the batch size) or a ``FullPass`` (every training row of
-the rank). ``buffer`` is a flat array of ``buffer_size()`` values that the algorithm
+the rank, where ``--data-on-device`` put them: on a GPU they may be host rows, which
+the algorithm moves in chunks with ``dev.from_host``, as all of them may not fit; on
+the CPU ``from_host`` passes them through). ``buffer`` is a flat array of ``buffer_size()`` values that the algorithm
 lays out as it likes (a gradient; a loss and a gradient; per-cluster sums and counts).
 
 What each side keeps, so that training gives the same model on any number of ranks:

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..devices.arrays import array_module
 from ..errors import TrainingFailed
+from ..models.dense import is_sparse
 from .base import Algorithm, Batch, FullPass
 from .line_search import ACCEPT, FAILED, Backtracking, StrongWolfe, rounding_slack
 from .minibatch import Minibatch
@@ -52,8 +53,9 @@ from .quasi_newton import constrain, dot, norm, orthant, project, pseudo_gradien
 LOSS, CORRECT, GRAD = 0, 1, 2
 # Why the solver stopped: the code a checkpoint stores -> the name metrics.jsonl shows.
 STOPS = {1: "gradient", 2: "objective", 3: "max_iter", 4: "no_decrease"}
-# Activations a full pass may hold at once (values); more rows are taken in chunks.
-PASS_VALUES = 1 << 24
+# Activations (and, for host rows on a GPU, input values) a full pass may hold at once;
+# more rows are taken in chunks of at least MIN_CHUNK rows.
+PASS_VALUES, MIN_CHUNK = 1 << 24, 4096
 
 
 class LBFGS(Algorithm):
@@ -185,21 +187,28 @@ class LBFGS(Algorithm):
 
     def _full_pass(self, point, grad, x, y):
         """The loss sum, correct rows and gradient sum over all of the rank's rows, in
-        chunks when one pass at once would hold too many activations."""
-        model, k = self.model, self.dev.kernels
+        chunks when one pass at once would hold too many activations, or move too many
+        host rows to a GPU at once."""
+        model, dev = self.model, self.dev
         rows = x.shape[0]
         width = sum(layer.n_out for layer in getattr(model, "layers", ())) or 1
-        chunk = max(4096, PASS_VALUES // width)
+        if dev.xp is not np and array_module(x.data if is_sparse(x) else x) is np:
+            # Host rows for a GPU: each chunk crosses on its own.
+            per_row = x.nnz // max(rows, 1) + 1 if is_sparse(x) else x.shape[1]
+            width = max(width, per_row)
+        chunk = max(MIN_CHUNK, PASS_VALUES // width)
         if rows <= chunk:
-            loss, correct = model.loss_grad(point, grad, x, y, k)
+            loss, correct = model.loss_grad(point, grad, dev.from_host(x), dev.from_host(y),
+                                            dev.kernels)
             return float(loss), float(correct)
         if self._scratch is None:
-            self._scratch = self.dev.zeros(grad.size, grad.dtype)
+            self._scratch = dev.zeros(grad.size, grad.dtype)
         grad.fill(0)
         loss = correct = 0.0
         for start in range(0, rows, chunk):
             part = slice(start, min(start + chunk, rows))
-            a, b = model.loss_grad(point, self._scratch, x[part], y[part], k)
+            a, b = model.loss_grad(point, self._scratch, dev.from_host(x[part]),
+                                   dev.from_host(y[part]), dev.kernels)
             grad += self._scratch
             loss, correct = loss + float(a), correct + float(b)
         return loss, correct

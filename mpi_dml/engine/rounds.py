@@ -23,16 +23,15 @@ class RowSource:
 
     def __init__(self, engine, data):
         self.engine, self.data = engine, data
-        self._plan = self._batches = self._all = None
+        self._plan = self._batches = None
         self._next = None
 
     def get(self, request):
         if isinstance(request, Batch):
             return self._batch(request)
-        if self._all is None:  # every row of the rank, moved to the device once
-            eng = self.engine
-            self._all = (eng.dev.from_host(eng.x), eng.dev.from_host(eng.y))
-        return self._all, self.data.n_train
+        # Every row of the rank, where they were placed: on a GPU they stay on the host
+        # unless --data-on-device put them in its memory (they may not fit there).
+        return (self.engine.x, self.engine.y), self.data.n_train
 
     def _batch(self, request):
         eng, data = self.engine, self.data
