@@ -378,24 +378,40 @@ def test_a_failed_search_along_the_history_retries_steepest_descent():
     assert algo.done and algo.period_record(0, [0])["stop"] == "no_decrease"
 
 
-def test_a_custom_model_solved_by_lbfgs_is_ridge_in_closed_form():
+def least_squares_model(d, nan_at=None):
+    """A custom model (``mpi_dml.CustomModel``): least squares with a bias; with
+    ``nan_at``, that call of ``loss_grad`` returns NaN, as an overflow would."""
     import mpi_dml
 
     class LeastSquares(mpi_dml.CustomModel):
-        def __init__(self, d):
-            self.d, self.size = d, d + 1
+        size = d + 1
+        calls = 0
 
         def loss_grad(self, params, grad, X, y):
-            r = X @ params[:self.d] + params[self.d] - y
-            grad[:self.d], grad[self.d] = X.T @ r, r.sum()
+            LeastSquares.calls += 1
+            r = X @ params[:d] + params[d] - y
+            grad[:d], grad[d] = X.T @ r, r.sum()
+            if LeastSquares.calls == nan_at:
+                grad[0] = np.nan
             return 0.5 * float(r @ r)
 
         def decay_mask(self):
-            return np.append(np.ones(self.d, np.uint8), 0)
+            return np.append(np.ones(d, np.uint8), 0)
 
+    return LeastSquares()
+
+
+def ridge_rows():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(120, 4)) * [1.0, 2.0, 0.5, 3.0]
-    y = x @ [0.5, -1.0, 2.0, 0.1] + 0.3 + rng.normal(size=120) * 0.1
+    return x, x @ [0.5, -1.0, 2.0, 0.1] + 0.3 + rng.normal(size=120) * 0.1
+
+
+def test_a_custom_model_solved_by_lbfgs_is_ridge_in_closed_form():
+    import mpi_dml
+
+    LeastSquares = lambda d: least_squares_model(d)  # noqa: E731
+    x, y = ridge_rows()
     alpha = 0.05
     result = mpi_dml.train(LeastSquares(4), x, y, solver="lbfgs", alpha=alpha,
                            max_iter=200, tol=1e-14)
@@ -424,3 +440,30 @@ def test_the_solvers_scalars_do_not_depend_on_blas_threads():
         with threadpool_limits(threads):
             results.append(two_loop(grad, s, y, order=[2, 1, 0]))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_an_svm_folder_from_before_the_loss_setting_loads_as_hinge():
+    from mpi_dml.api.est_params import params_from_config
+    from mpi_dml.api.estimators import LinearSVC
+
+    accepted = LinearSVC._get_param_names()
+    old = {"model": "svm", "optimizer": "adam", "epochs": 5, "weight_decay": 1e-3}
+    assert params_from_config(old, accepted)["loss"] == "hinge"
+    new = {**old, "loss": "auto", "optimizer": "lbfgs", "max_iter": 50}
+    assert params_from_config(new, accepted)["loss"] == "squared_hinge"
+
+
+def test_a_non_finite_trial_is_stepped_back_from_or_stops_with_a_hint():
+    import mpi_dml
+    from mpi_dml.errors import TrainingFailed
+
+    x, y = ridge_rows()
+    a = np.column_stack([x, np.ones(len(x))])
+    want = np.linalg.solve(a.T @ a / len(x) + np.diag([0.05] * 4 + [0.0]), a.T @ y / len(x))
+    # The third evaluation (a line search's trial) comes back NaN: skipped, the search
+    # shrinks its step and the solve ends at the optimum all the same.
+    skipped = mpi_dml.train(least_squares_model(4, nan_at=3), x, y, solver="lbfgs",
+                            alpha=0.05, tol=1e-14, nonfinite="skip")
+    np.testing.assert_allclose(skipped.params, want, rtol=1e-7)
+    with pytest.raises(TrainingFailed, match="pass --nonfinite skip to let the line search"):
+        mpi_dml.train(least_squares_model(4, nan_at=3), x, y, solver="lbfgs", alpha=0.05)

@@ -67,6 +67,8 @@ class LBFGS(Algorithm):
     # A trial point whose objective overflows is not a failure of the run: with
     # --nonfinite skip the line search takes it as +inf and shrinks the step.
     can_skip = True
+    nonfinite_hint = ("Check that rank's data, or pass --nonfinite skip to let the line "
+                      "search step back from such points")
 
     def __init__(self, solver, model, dev, params, *, n_train: int):
         self.solver, self.model, self.dev, self.n_train = solver, model, dev, n_train

@@ -311,4 +311,6 @@ def params_from_config(config: dict, accepted) -> dict:
             value = model_loss(SimpleNamespace(model="svm", loss=value,
                                                optimizer=config.get("optimizer")))
         out[name] = value
+    if "loss" in accepted and "loss" not in config and config.get("model") == "svm":
+        out["loss"] = "hinge"  # a folder from before --loss: the svm had the hinge only
     return out

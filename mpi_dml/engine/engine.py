@@ -360,8 +360,9 @@ class Engine:
                 print(f"mpi_dml: warning: non-finite gradient at {at} from {where}; "
                       f"step skipped", file=sys.stderr)
             return False
-        raise TrainingFailed(f"non-finite gradient at {at} from {where}. Lower --lr, check "
-                             f"that rank's data, or pass --nonfinite skip to drop such steps.")
+        hint = getattr(self.algorithm, "nonfinite_hint", "Lower --lr, check that rank's data, "
+                       "or pass --nonfinite skip to drop such steps")
+        raise TrainingFailed(f"non-finite gradient at {at} from {where}. {hint}.")
 
     # --- checkpoints and stops ----------------------------------------------------------
     def _maybe_checkpoint(self, flags, period):
