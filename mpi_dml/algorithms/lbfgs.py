@@ -194,14 +194,15 @@ class LBFGS(Algorithm):
         model, dev = self.model, self.dev
         rows = x.shape[0]
         width = sum(layer.n_out for layer in getattr(model, "layers", ())) or 1
+        # On the CPU the rows are used where they are (never copied once per pass).
+        move = dev.from_host if dev.xp is not np else (lambda a: a)
         if dev.xp is not np and array_module(x.data if is_sparse(x) else x) is np:
             # Host rows for a GPU: each chunk crosses on its own.
             per_row = x.nnz // max(rows, 1) + 1 if is_sparse(x) else x.shape[1]
             width = max(width, per_row)
         chunk = max(MIN_CHUNK, PASS_VALUES // width)
         if rows <= chunk:
-            loss, correct = model.loss_grad(point, grad, dev.from_host(x), dev.from_host(y),
-                                            dev.kernels)
+            loss, correct = model.loss_grad(point, grad, move(x), move(y), dev.kernels)
             return float(loss), float(correct)
         if self._scratch is None:
             self._scratch = dev.zeros(grad.size, grad.dtype)
@@ -209,8 +210,8 @@ class LBFGS(Algorithm):
         loss = correct = 0.0
         for start in range(0, rows, chunk):
             part = slice(start, min(start + chunk, rows))
-            a, b = model.loss_grad(point, self._scratch, dev.from_host(x[part]),
-                                   dev.from_host(y[part]), dev.kernels)
+            a, b = model.loss_grad(point, self._scratch, move(x[part]), move(y[part]),
+                                   dev.kernels)
             grad += self._scratch
             loss, correct = loss + float(a), correct + float(b)
         return loss, correct
